@@ -1,0 +1,91 @@
+"""Beam search batched over images and beams: one decoder step for all of them at once.
+
+Row b * K + k of every [B * K, ...] tensor is beam k of image b. A finished beam stays in the
+beam: it may only continue with <end> at no cost, so it keeps its score, competes with the live
+ones, and no two beams ever hold the same sentence.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model.decoder import Decoder
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # the words, without <start> and <end>
+    log_prob: float  # sum of the log-probabilities of the words and of <end> when it was emitted
+    score: float  # log_prob / length ** length_penalty: what the ranking uses
+
+
+@torch.inference_mode()
+def beam_search(
+    decoder: Decoder,
+    features: torch.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    banned_ids: Sequence[int] = (),
+    beam_size: int = 3,
+    max_length: int = 20,
+    num_captions: int = 1,
+    length_penalty: float = 0.0,
+) -> list[list[Hypothesis]]:
+    """features [B, D] -> per image, the best `num_captions` distinct hypotheses, best first.
+
+    A sentence has 1 to `max_length` words; one that reaches the limit without <end> is cut there.
+    beam_size=1 is greedy decoding. length_penalty=0 ranks by the plain log-probability."""
+    if not 1 <= num_captions <= beam_size:
+        raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
+    B, K = features.size(0), beam_size
+    V = decoder.config.vocab_size
+    device = features.device
+
+    state = decoder.start(features.repeat_interleave(K, dim=0))  # rows b * K + k
+    tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
+    scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
+    scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
+    history = torch.empty(B, K, 0, dtype=torch.long, device=device)  # [B, K, t]
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # [B, K]
+    only_end = torch.full((V,), float("-inf"), device=device)
+    only_end[end_id] = 0.0
+    image_offset = torch.arange(B, device=device)[:, None] * K  # [B, 1]
+
+    for t in range(max_length):
+        log_probs, state = decoder.step(tokens, state)  # [B*K, V]
+        log_probs[:, list(banned_ids)] = float("-inf")
+        if t == 0:
+            log_probs[:, end_id] = float("-inf")  # a caption has at least one word
+        log_probs = torch.where(finished.view(-1, 1), only_end, log_probs).view(B, K, V)
+        candidates = (scores[:, :, None] + log_probs).view(B, K * V)  # [B, K*V]
+        scores, flat = candidates.topk(K, dim=1)  # [B, K]
+        parent, word = flat // V, flat % V  # [B, K]
+        history = torch.cat([history.gather(1, parent[:, :, None].expand_as(history)), word[:, :, None]], dim=2)
+        finished = finished.gather(1, parent) | (word == end_id)
+        rows = (parent + image_offset).view(-1)  # [B*K]
+        h, c, image_gates = state
+        state = (h[rows], c[rows], image_gates)  # reordering stays inside each image: its gate term is unchanged
+        tokens = word.view(-1)
+        if finished.all():
+            break
+
+    return [
+        _best(history[b].tolist(), scores[b].tolist(), end_id, num_captions, length_penalty) for b in range(B)
+    ]
+
+
+def _best(
+    sequences: list[list[int]], log_probs: list[float], end_id: int, num_captions: int, length_penalty: float
+) -> list[Hypothesis]:
+    hypotheses = []
+    for sequence, log_prob in zip(sequences, log_probs):
+        if log_prob == float("-inf"):  # fewer possible sentences than beams
+            continue
+        words = sequence[: sequence.index(end_id)] if end_id in sequence else sequence
+        length = len(words) + (end_id in sequence)
+        hypotheses.append(Hypothesis(words, log_prob, log_prob / max(length, 1) ** length_penalty))
+    hypotheses.sort(key=lambda h: h.score, reverse=True)
+    return hypotheses[:num_captions]

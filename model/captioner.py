@@ -1,0 +1,75 @@
+"""Captioner: encoder + decoder + vocabulary behind one call, shared by the service and the scripts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from model.beam import beam_search
+from model.decoder import Decoder
+from model.encoder import Encoder, build_encoder
+from model.vocab import Vocab
+from model.weights import WeightsError, load_weights
+
+Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def describe(
+    decoder: Decoder, vocab: Vocab, features: torch.Tensor, beam_size: int, num_captions: int, max_length: int
+) -> Captions:
+    """Beam search from image features [B, D] to texts."""
+    hypotheses = beam_search(
+        decoder,
+        features,
+        start_id=vocab.start_id,
+        end_id=vocab.end_id,
+        banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id),  # <unk> is never shown, the others are not words
+        beam_size=beam_size,
+        max_length=max_length,
+        num_captions=num_captions,
+    )
+    return [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
+
+
+class Captioner:
+    def __init__(self, encoder: Encoder, decoder: Decoder, vocab: Vocab, manifest: dict):
+        if manifest.get("encoder", {}).get("fingerprint") != encoder.fingerprint:
+            raise WeightsError(
+                f"these weights were trained on features of encoder {manifest.get('encoder', {}).get('fingerprint')!r}, "
+                f"but the encoder here is {encoder.fingerprint!r}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.vocab = vocab
+        self.manifest = manifest
+        self.model_id = manifest["model_id"]
+        self.device = next(decoder.parameters()).device
+
+    @classmethod
+    def load(cls, directory: str | Path = "weights", device: str | torch.device = "auto") -> Captioner:
+        device = resolve_device(device)
+        decoder, vocab, manifest = load_weights(directory)
+        encoder_name = manifest.get("encoder", {}).get("name")
+        if not encoder_name:
+            raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder")
+        return cls(build_encoder(encoder_name, device), decoder.to(device), vocab, manifest)
+
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.encoder.encode(images)  # [B, D]
+
+    def describe(
+        self, features: torch.Tensor, beam_size: int = 3, num_captions: int = 1, max_length: int = 20
+    ) -> Captions:
+        return describe(self.decoder, self.vocab, features.to(self.device), beam_size, num_captions, max_length)
+
+    def caption(
+        self, images: list[Image.Image], beam_size: int = 3, num_captions: int = 1, max_length: int = 20
+    ) -> Captions:
+        return self.describe(self.encode(images), beam_size, num_captions, max_length)

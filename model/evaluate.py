@@ -1,0 +1,125 @@
+"""Score captions with the COCO caption metrics (pycocoevalcap): BLEU-1..4, METEOR, ROUGE-L, CIDEr.
+
+    python -m model.evaluate --weights weights --data DIR --split test --beam-size 3 --json scores.json
+
+Both sides are tokenized with model.vocab.tokenize (lowercase, punctuation stripped), the same
+normalisation as PTBTokenizer for plain English, without a Java process per call. METEOR needs
+Java; without it the other metrics are printed and METEOR is reported as missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+
+from model.captioner import Captioner, describe
+from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.features import extract_features
+from model.vocab import tokenize
+from model.weights import WeightsError
+
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def score_captions(predictions: dict[str, str], references: dict[str, list[str]], meteor: bool = True) -> dict:
+    """predictions: id -> caption; references: id -> captions. Returns metric name -> score."""
+    gts = {key: [" ".join(tokenize(ref)) for ref in references[key]] for key in predictions}
+    res = {key: [" ".join(tokenize(caption)) or "<empty>"] for key, caption in predictions.items()}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = {f"BLEU-{n + 1}": bleu[n] for n in range(4)}
+    scores["METEOR"] = Meteor().compute_score(gts, res)[0] if meteor and shutil.which("java") else None
+    scores["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
+    scores["CIDEr"] = Cider().compute_score(gts, res)[0]
+    return {name: scores[name] for name in METRICS}
+
+
+def caption_items(
+    decoder, vocab, features: torch.Tensor, beam_size: int, max_length: int = 20, batch_size: int = 256
+) -> list[str]:
+    """Best caption for each row of features [N, D], decoded in batches of images."""
+    captions = []
+    for chunk in features.split(batch_size):
+        captions += [best[0][0] for best in describe(decoder, vocab, chunk, beam_size, 1, max_length)]
+    return captions
+
+
+def evaluate_split(
+    captioner: Captioner, items: list[ImageCaptions], beam_size: int, cache_dir: Path, meteor: bool = True
+) -> tuple[dict, dict[str, str]]:
+    """Scores of the captioner on `items`, and its caption for each image file name."""
+    table = extract_features(captioner.encoder, [item.image_path for item in items], cache_dir)
+    rows = table.rows()
+    items = [item for item in items if item.image_path in rows]
+    features = table.features[[rows[item.image_path] for item in items]]
+    captions = caption_items(captioner.decoder, captioner.vocab, features, beam_size)
+    predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
+    references = {item.image_path.name: list(item.captions) for item in items}
+    scores = score_captions(predictions, references, meteor)
+    scores["n_images"] = len(items)
+    scores["n_skipped"] = len(table.skipped)
+    return scores, predictions
+
+
+def print_table(scores: dict, file=sys.stdout) -> None:
+    for name, value in scores.items():
+        shown = "missing (no java)" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+        print(f"{name:>18}  {shown}", file=file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="weights", help="trained decoder folder (default: weights)")
+    parser.add_argument("--data", required=True, help="dataset: Flickr8k folder, COCO captions json or Karpathy json")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder (default: cache)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+    if args.beam_size < 1:
+        parser.error("--beam-size must be at least 1")
+
+    try:
+        dataset = load_dataset(args.data)
+        captioner = Captioner.load(args.weights, args.device)
+    except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    items = dataset.split(args.split)
+    if not items:
+        parser.exit(2, f"error: split {args.split!r} of {args.data} is empty\n")
+    if not shutil.which("java"):
+        print("java not found: METEOR is skipped, the other metrics are computed", file=sys.stderr)
+
+    scores, predictions = evaluate_split(captioner, items, args.beam_size, args.cache_dir)
+    scores |= synthetic_scores(Path(args.data), predictions)
+    print(f"{dataset.name} / {args.split} / beam {args.beam_size} / {captioner.model_id}")
+    print_table(scores)
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=2) + "\n")
+    if args.captions_out:
+        args.captions_out.write_text(json.dumps(predictions, indent=2) + "\n")
+    return 0
+
+
+def synthetic_scores(data_dir: Path, predictions: dict[str, str]) -> dict:
+    """For synthetic scenes: the share of captions naming every object's colour and shape right."""
+    from model.synthetic import load_scenes, objects_named_correctly
+
+    if not (data_dir / "scenes.json").is_file():
+        return {}
+    scenes = load_scenes(data_dir)
+    correct = [objects_named_correctly(caption, scenes[name]) for name, caption in predictions.items()]
+    return {"objects_correct": sum(correct) / max(len(correct), 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Train the caption decoder on cached CNN features.
+
+    python -m model.train --data DIR --out runs/NAME --export weights
+    python -m model.train --data DIR --out runs/NAME --resume          # continue exactly where it stopped
+    torchrun --nproc_per_node=2 -m model.train --data DIR --out runs/NAME   # DistributedDataParallel
+
+The CNN runs once per image (model.features caches its output); every epoch then trains the
+decoder on (feature, caption) pairs, scores beam search on the validation split, writes a
+checkpoint atomically and stops early when validation CIDEr stops improving. The best epoch
+is saved as a weights folder (out/best) scored on the test split; --export copies it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from model.captioner import Captioner
+from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.decoder import Decoder, DecoderConfig, sequence_loss
+from model.encoder import DEFAULT_ENCODER, EncoderUnavailable, build_encoder
+from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
+from model.features import FeatureTable, atomic_write, extract_features
+from model.vocab import Vocab
+from model.weights import save_weights, verify
+
+CHECKPOINT = "checkpoint.pt"
+MIN_FREE_BYTES = 200 * 2**20
+# What defines a run: on --resume these come from the checkpoint, not the command line.
+RUN_SETTINGS = (
+    "data", "encoder", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "dropout",
+    "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words", "patience", "val_beam_size", "seed",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="Flickr8k folder, COCO captions json or Karpathy split json")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, vocabulary, best weights")
+    p.add_argument("--export", type=Path, help="copy the best weights folder here at the end (e.g. weights)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"CNN encoder (default {DEFAULT_ENCODER})")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128, help="captions per step (per process under torchrun)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear warm-up, then cosine decay to 0")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold (0: off)")
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--embed-dim", type=int, default=256)
+    p.add_argument("--hidden-dim", type=int, default=512)
+    p.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
+    p.add_argument("--max-words", type=int, default=30, help="longer training captions are cut")
+    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better val CIDEr")
+    p.add_argument("--val-beam-size", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache (default: cache)")
+    p.add_argument("--workers", type=int, default=1, help="image-decoding processes for feature extraction")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "min_count", "max_words", "val_beam_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.dropout < 1 or not 0 <= args.label_smoothing < 1:
+        p.error("--dropout and --label-smoothing must be in [0, 1)")
+    return args
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before any work when the run folder cannot hold checkpoints."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: cannot write to {directory}: {error}") from error
+    free = shutil.disk_usage(directory).free
+    if free < MIN_FREE_BYTES:
+        raise SystemExit(f"error: only {free // 2**20} MiB free in {directory}; need {MIN_FREE_BYTES // 2**20} MiB")
+
+
+def caption_tensors(items: list[ImageCaptions], rows: dict[Path, int], vocab: Vocab, max_words: int) -> TensorDataset:
+    """(feature row, token ids) for every caption: [N] and [N, T] padded with <pad>."""
+    pairs = [
+        (rows[item.image_path], [vocab.start_id, *vocab.encode(caption)[1:-1][:max_words], vocab.end_id])
+        for item in items
+        if item.image_path in rows
+        for caption in item.captions
+    ]
+    tokens = torch.full((len(pairs), max(len(ids) for _, ids in pairs)), vocab.pad_id, dtype=torch.long)
+    for i, (_, ids) in enumerate(pairs):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+    return TensorDataset(torch.tensor([row for row, _ in pairs]), tokens)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[ImageCaptions], beam_size: int) -> dict:
+    rows = table.rows()
+    items = [item for item in items if item.image_path in rows]
+    captions = caption_items(decoder, vocab, table.features[[rows[i.image_path] for i in items]], beam_size)
+    predictions = {str(item.image_path): caption for item, caption in zip(items, captions)}
+    references = {str(item.image_path): list(item.captions) for item in items}
+    return score_captions(predictions, references, meteor=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    is_main = rank == 0
+    device = torch.device(
+        f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        if args.device in ("auto", "cuda") and torch.cuda.is_available()
+        else "cpu"
+    )
+    checkpoint_path = args.out / CHECKPOINT
+    checkpoint = None
+    if args.resume:
+        if not checkpoint_path.is_file():
+            raise SystemExit(f"error: --resume: no checkpoint at {checkpoint_path}")
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        for name in RUN_SETTINGS:
+            setattr(args, name, checkpoint["args"][name])
+    check_writable(args.out)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    try:
+        dataset = load_dataset(args.data)
+        encoder = build_encoder(args.encoder, device)
+    except (DatasetFormatError, EncoderUnavailable, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    train_items, val_items = dataset.split("train"), dataset.split("val")
+    if not train_items:
+        raise SystemExit(f"error: {args.data} has no training split")
+    paths = [item.image_path for item in train_items + val_items]
+    if is_main:
+        table = extract_features(encoder, paths, args.cache_dir, workers=args.workers)
+    if distributed:
+        dist.barrier()  # the other ranks then read the cache rank 0 wrote
+    if not is_main:
+        table = extract_features(encoder, paths, args.cache_dir, workers=args.workers)
+    if table.skipped and is_main:
+        print(f"skipped {len(table.skipped)} unreadable images (named in the warnings above)", file=sys.stderr)
+
+    vocab_path = args.out / "vocab.json"
+    if checkpoint is not None:
+        vocab = Vocab(checkpoint["vocab"])
+    else:
+        vocab = Vocab.build((c for item in train_items for c in item.captions), args.min_count)
+    if is_main:
+        vocab.save(vocab_path)
+    pairs = caption_tensors(train_items, table.rows(), vocab, args.max_words)
+    features = table.features.to(device)  # [N_images, D]
+
+    config = DecoderConfig(len(vocab), encoder.feature_dim, args.embed_dim, args.hidden_dim, args.dropout, vocab.pad_id)
+    decoder = Decoder(config).to(device)
+    sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    loader = DataLoader(pairs, batch_size=args.batch_size, sampler=sampler, drop_last=False)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(int(args.warmup_epochs * len(loader)), args.epochs * len(loader))
+    )
+    start_epoch, best_cider, stale_epochs, history = 0, -1.0, 0, []
+    if checkpoint is not None:
+        decoder.load_state_dict(checkpoint["decoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, best_cider, stale_epochs = checkpoint["epoch"] + 1, checkpoint["best_cider"], checkpoint["stale_epochs"]
+        history = checkpoint["history"]
+        torch.set_rng_state(checkpoint["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
+        if is_main:
+            print(f"resuming {args.out} after epoch {start_epoch} (best val CIDEr {best_cider:.4f})")
+    model = DistributedDataParallel(decoder) if distributed else decoder
+    started = time.time() - sum(h["seconds"] for h in history)
+
+    for epoch in range(start_epoch, args.epochs):
+        epoch_start = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        total = torch.zeros(2, device=device)
+        for rows, tokens in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False):
+            rows, tokens = rows.to(device), tokens.to(device)
+            tokens = tokens[:, : int((tokens != vocab.pad_id).sum(1).max())]  # drop all-pad columns
+            logits = model(features[rows], tokens)  # through the DDP wrapper, which syncs the gradients
+            loss = sequence_loss(logits, tokens, vocab.pad_id, args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(decoder.parameters(), args.clip)
+            optimizer.step()
+            scheduler.step()
+            total += torch.stack([loss.detach() * len(rows), torch.tensor(float(len(rows)), device=device)])
+        if distributed:
+            dist.all_reduce(total)
+        train_loss = (total[0] / total[1]).item()
+
+        stop = torch.zeros(1, device=device)
+        if is_main:
+            decoder.eval()
+            val = validate(decoder, vocab, table, val_items, args.val_beam_size) if val_items else {}
+            cider = val.get("CIDEr", -train_loss)  # without a val split, track the loss instead
+            seconds = time.time() - epoch_start
+            record = {"epoch": epoch + 1, "loss": train_loss, "val_BLEU-4": val.get("BLEU-4"), "val_CIDEr": val.get("CIDEr"), "seconds": seconds}
+            history.append(record)
+            if cider > best_cider:
+                best_cider, stale_epochs = cider, 0
+                save_weights(args.out / "best", decoder, vocab, manifest(args, dataset.name, encoder, record, started))
+            else:
+                stale_epochs += 1
+            save_checkpoint(checkpoint_path, args, decoder, optimizer, scheduler, epoch, best_cider, stale_epochs, history, vocab)
+            with open(args.out / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            shown = f"val BLEU-4 {val['BLEU-4']:.4f}  val CIDEr {val['CIDEr']:.4f}" if val else "no val split"
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {train_loss:.4f}  {shown}  {seconds:.1f}s", flush=True)
+            stop[0] = float(stale_epochs >= args.patience)
+        if distributed:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            if is_main:
+                print(f"early stop: val CIDEr has not improved for {args.patience} epochs")
+            break
+
+    if is_main:
+        finish(args, dataset, device, time.time() - started)
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+def manifest(args: argparse.Namespace, data_name: str, encoder, record: dict, started: float) -> dict:
+    synthetic = (Path(args.data) / "scenes.json").is_file()
+    return {
+        "encoder": {"name": encoder.name, "fingerprint": encoder.fingerprint, "weights_sha256": encoder.weights_sha256},
+        "training": {
+            "data": "synthetic scenes (python -m model.synthetic)" if synthetic else data_name,
+            "split": "train",
+            "best_epoch": record["epoch"],
+            "seconds": round(time.time() - started, 1),
+            "settings": {name: getattr(args, name) for name in RUN_SETTINGS if name != "data"},
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        },
+        "scores": {"val": {"BLEU-4": record["val_BLEU-4"], "CIDEr": record["val_CIDEr"], "beam_size": args.val_beam_size}},
+        "note": (
+            "These weights describe synthetic scenes (coloured shapes on plain backgrounds), not photos. "
+            "Retrain on Flickr8k or COCO with: python -m model.train --data DIR --out runs/real --export weights"
+            if synthetic
+            else f"Trained on {data_name}."
+        ),
+    }
+
+
+def save_checkpoint(path, args, decoder, optimizer, scheduler, epoch, best_cider, stale_epochs, history, vocab) -> None:
+    state = {
+        "decoder": decoder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "best_cider": best_cider,
+        "stale_epochs": stale_epochs,
+        "history": history,
+        "vocab": vocab.words,
+        "args": {name: getattr(args, name) for name in RUN_SETTINGS},
+        "rng_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state()
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: float) -> None:
+    """Score the best weights on the test split, record it in their manifest, export them."""
+    best = args.out / "best"
+    test_items = dataset.split("test")
+    if test_items:
+        captioner = Captioner.load(best, device)
+        scores, predictions = evaluate_split(captioner, test_items, args.val_beam_size, args.cache_dir)
+        scores |= synthetic_scores(Path(args.data), predictions)
+        full = verify(best)
+        full["scores"]["test"] = {**scores, "split": "test", "beam_size": args.val_beam_size}
+        full["training"]["seconds"] = round(seconds, 1)
+        (best / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+    if args.export:
+        shutil.copytree(best, args.export, dirs_exist_ok=True)
+        print(f"exported {best} -> {args.export}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The trained-decoder folder: safetensors weights, vocabulary, config and a manifest.
+
+manifest.json records the sha256 of every other file; loading checks each one and refuses a
+missing or changed file. Nothing here unpickles: safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from model.decoder import Decoder, DecoderConfig
+from model.encoder import sha256_file
+from model.vocab import Vocab
+
+DECODER_FILE = "decoder.safetensors"
+VOCAB_FILE = "vocab.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class WeightsError(RuntimeError):
+    """The weights folder is missing a file, or a file does not match its manifest."""
+
+
+def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest: dict) -> dict:
+    """Write the decoder folder; `manifest` carries the encoder, training and score fields.
+    Returns the full manifest, with the sha256 of every file and the model id."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in decoder.state_dict().items()}
+    save_file(state, directory / DECODER_FILE)
+    vocab.save(directory / VOCAB_FILE)
+    (directory / CONFIG_FILE).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n")
+    files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
+    full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
+    (directory / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    return full
+
+
+def read_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing: {directory} is not a captioner weights folder")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WeightsError(f"{path} is not valid JSON: {error}") from error
+
+
+def verify(directory: str | Path) -> dict:
+    """Check every file against the manifest; return the manifest."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    expected = manifest.get("files")
+    if not isinstance(expected, dict) or set(expected) != {DECODER_FILE, VOCAB_FILE, CONFIG_FILE}:
+        raise WeightsError(f"{directory / MANIFEST_FILE} does not list the sha256 of {DECODER_FILE}, {VOCAB_FILE}, {CONFIG_FILE}")
+    for name, sha256 in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise WeightsError(f"{path} is missing")
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise WeightsError(
+                f"{path} does not match its manifest (sha256 {actual[:16]}..., expected {str(sha256)[:16]}...): "
+                "the file is corrupt or was changed; restore it or retrain"
+            )
+    return manifest
+
+
+def load_weights(directory: str | Path) -> tuple[Decoder, Vocab, dict]:
+    """Verify, then load the decoder (in eval mode), the vocabulary and the manifest."""
+    directory = Path(directory)
+    manifest = verify(directory)
+    config = DecoderConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    decoder = Decoder(config)
+    decoder.load_state_dict(load_file(directory / DECODER_FILE))
+    return decoder.eval(), Vocab.load(directory / VOCAB_FILE), manifest

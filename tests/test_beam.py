@@ -1,0 +1,112 @@
+import itertools
+
+import pytest
+import torch
+
+from model.beam import beam_search
+from model.decoder import Decoder, DecoderConfig
+
+PAD, START, END, UNK = 0, 1, 2, 3
+WORDS = (4, 5, 6)
+
+
+def tiny_decoder(seed):
+    torch.manual_seed(seed)
+    decoder = Decoder(DecoderConfig(vocab_size=7, feature_dim=3, embed_dim=4, hidden_dim=5, dropout=0.0)).eval()
+    with torch.no_grad():  # sharpen the distributions so that greedy and exhaustive differ
+        decoder.out.weight.mul_(4)
+    return decoder
+
+
+def sequence_log_prob(decoder, feature, words, ended):
+    state = decoder.start(feature[None])
+    total, previous = 0.0, START
+    for word in [*words, END] if ended else words:
+        log_probs, state = decoder.step(torch.tensor([previous]), state)
+        total += log_probs[0, word].item()
+        previous = word
+    return total
+
+
+def exhaustive(decoder, feature, max_length):
+    """Every caption of 1..max_length words; those of max_length words may also be cut without <end>."""
+    scored = []
+    for n in range(1, max_length + 1):
+        for words in itertools.product(WORDS, repeat=n):
+            scored.append((sequence_log_prob(decoder, feature, words, True), list(words)))
+            if n == max_length:
+                scored.append((sequence_log_prob(decoder, feature, words, False), list(words)))
+    best = {}
+    for log_prob, words in sorted(scored, reverse=True):  # a cut sentence and an ended one may share words
+        best.setdefault(tuple(words), log_prob)
+    return sorted(((lp, list(w)) for w, lp in best.items()), reverse=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_beam_equals_exhaustive_search(seed):
+    decoder = tiny_decoder(seed)
+    features = torch.randn(2, 3)
+    max_length = 3
+    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+                          beam_size=60, max_length=max_length, num_captions=5)
+    for b in range(2):
+        expected = exhaustive(decoder, features[b], max_length)[:5]
+        got = [(h.log_prob, h.tokens) for h in results[b]]
+        assert [words for _, words in got] == [words for _, words in expected]
+        assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in expected], abs=1e-4)
+
+
+def test_beam_size_one_is_greedy():
+    decoder = tiny_decoder(3)
+    features = torch.randn(4, 3)
+    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+                          beam_size=1, max_length=6)
+    for b in range(4):
+        state, previous, words = decoder.start(features[b : b + 1]), START, []
+        for t in range(6):
+            log_probs, state = decoder.step(torch.tensor([previous]), state)
+            log_probs[0, [PAD, START, UNK]] = float("-inf")
+            if t == 0:
+                log_probs[0, END] = float("-inf")
+            previous = int(log_probs.argmax())
+            if previous == END:
+                break
+            words.append(previous)
+        assert results[b][0].tokens == words
+
+
+def test_batched_equals_one_image_at_a_time():
+    decoder = tiny_decoder(4)
+    features = torch.randn(5, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=4, max_length=7, num_captions=3)
+    together = beam_search(decoder, features, **kwargs)
+    for b in range(5):
+        alone = beam_search(decoder, features[b : b + 1], **kwargs)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[b]]
+        assert [h.log_prob for h in alone] == pytest.approx([h.log_prob for h in together[b]], abs=1e-5)
+
+
+def test_results_are_distinct_sorted_and_within_limits():
+    decoder = tiny_decoder(5)
+    results = beam_search(decoder, torch.randn(3, 3), start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+                          beam_size=5, max_length=4, num_captions=5)
+    for hypotheses in results:
+        assert len(hypotheses) == 5
+        assert len({tuple(h.tokens) for h in hypotheses}) == 5
+        assert [h.score for h in hypotheses] == sorted((h.score for h in hypotheses), reverse=True)
+        assert all(1 <= len(h.tokens) <= 4 and set(h.tokens) <= set(WORDS) for h in hypotheses)
+
+
+def test_length_penalty_favours_longer_captions():
+    decoder = tiny_decoder(6)
+    features = torch.randn(6, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=5, max_length=8)
+    plain = beam_search(decoder, features, **kwargs)
+    normalised = beam_search(decoder, features, length_penalty=1.0, **kwargs)
+    assert sum(len(r[0].tokens) for r in normalised) >= sum(len(r[0].tokens) for r in plain)
+    assert all(r[0].score > r[0].log_prob for r in normalised)  # divided by a length above 1
+
+
+def test_num_captions_above_beam_size_is_refused():
+    with pytest.raises(ValueError, match="num_captions"):
+        beam_search(tiny_decoder(0), torch.randn(1, 3), start_id=START, end_id=END, beam_size=2, num_captions=3)

@@ -1,0 +1,73 @@
+import torch
+
+from model.decoder import Decoder, DecoderConfig, sequence_loss
+
+PAD, START, END = 0, 1, 2
+
+
+def tiny_decoder(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return Decoder(DecoderConfig(vocab_size=9, feature_dim=6, embed_dim=4, hidden_dim=5, dropout=dropout)).eval()
+
+
+def test_shapes():
+    decoder = tiny_decoder()
+    tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
+    logits = decoder(torch.randn(2, 6), tokens)
+    assert logits.shape == (2, 4, 9)
+
+
+def test_stepwise_decoding_matches_teacher_forcing():
+    """The fused nn.LSTM path (training) and the sliced-weight step path (beam search) are one model."""
+    decoder = tiny_decoder()
+    features = torch.randn(2, 6)
+    tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
+    forced = decoder(features, tokens).log_softmax(-1)  # [2, 4, 9]
+    real_targets = tokens[:, 1:] != PAD  # [2, 4]
+    state = decoder.start(features)
+    for t in range(4):
+        step_log_probs, state = decoder.step(tokens[:, t], state)
+        rows = real_targets[:, t]
+        assert torch.allclose(step_log_probs[rows], forced[rows, t], atol=1e-5)
+
+
+def test_image_vector_enters_every_step():
+    """Changing v changes the prediction at a late step even with the same words before it."""
+    decoder = tiny_decoder()
+    tokens = torch.tensor([[START, 4, 5, 6, 7, END]])
+    a = decoder(torch.zeros(1, 6), tokens)[0, -1]
+    b = decoder(torch.ones(1, 6), tokens)[0, -1]
+    assert not torch.allclose(a, b)
+
+
+def test_padding_does_not_change_the_real_positions():
+    decoder = tiny_decoder()
+    features = torch.randn(1, 6)
+    short = torch.tensor([[START, 4, 5, END]])
+    padded = torch.tensor([[START, 4, 5, END, PAD, PAD]])
+    assert torch.allclose(decoder(features, short), decoder(features, padded)[:, :3], atol=1e-6)
+
+
+def test_loss_ignores_pad_targets():
+    decoder = tiny_decoder()
+    features = torch.randn(1, 6)
+    short = torch.tensor([[START, 4, 5, END]])
+    padded = torch.tensor([[START, 4, 5, END, PAD, PAD]])
+    loss_short = sequence_loss(decoder(features, short), short, PAD)
+    loss_padded = sequence_loss(decoder(features, padded), padded, PAD)
+    assert torch.allclose(loss_short, loss_padded, atol=1e-6)
+
+
+def test_loss_falls_when_fitting_one_caption():
+    decoder = tiny_decoder().train()
+    features = torch.randn(1, 6)
+    tokens = torch.tensor([[START, 4, 5, 6, END]])
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        loss = sequence_loss(decoder(features, tokens), tokens, PAD)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 10

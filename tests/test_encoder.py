@@ -1,0 +1,68 @@
+"""The default encoder's weights and preprocessing, pinned by classifying real photos."""
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from model.encoder import IMAGENET_PREPROCESSING, LITE_PREPROCESSING, EncoderUnavailable, Encoder, build_encoder
+
+# ImageNet class indices.
+CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_encoder()
+
+
+def class_probabilities(encoder: Encoder, images) -> torch.Tensor:
+    features = encoder.encode(images)  # [B, 1280]
+    return encoder.trunk.net._fc(features).softmax(-1)  # the pretrained ImageNet head
+
+
+def photos():
+    return [Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())]
+
+
+def test_real_photos_are_classified_right(encoder):
+    probabilities = class_probabilities(encoder, photos())
+    assert int(probabilities[0].argmax()) in CATS
+    assert int(probabilities[1].argmax()) == ESPRESSO
+    assert probabilities[0, list(CATS)].sum() > 0.8
+    assert probabilities[1, ESPRESSO] > 0.9
+
+
+def test_lite_normalisation_beats_imagenet_normalisation(encoder):
+    """EfficientNet-Lite's TF weights expect pixels in [-1, 1]; torchvision's mean/std is measurably worse."""
+    lite = class_probabilities(encoder, photos())
+    imagenet_encoder = Encoder("probe", encoder.trunk, 1280, IMAGENET_PREPROCESSING, encoder.weights_sha256)
+    imagenet = class_probabilities(imagenet_encoder, photos())
+    assert encoder.preprocessing == LITE_PREPROCESSING
+    assert lite[0, list(CATS)].sum() > imagenet[0, list(CATS)].sum()
+    assert lite[1, ESPRESSO] > imagenet[1, ESPRESSO]
+
+
+def test_features_shape_and_frozen(encoder):
+    features = encoder.encode([Image.new("RGB", (640, 480), "red"), Image.new("L", (20, 300), 128)])
+    assert features.shape == (2, 1280)
+    assert torch.isfinite(features).all()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert not encoder.trunk.training
+
+
+def test_fingerprint_names_encoder_weights_and_preprocessing(encoder):
+    assert encoder.fingerprint.startswith("efficientnet-lite0:")
+    assert encoder.weights_sha256[:16] in encoder.fingerprint
+    assert "crop224" in encoder.fingerprint
+
+
+def test_torchvision_encoder_without_network_fails_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the weights must be downloaded
+    with pytest.raises(EncoderUnavailable, match="could not be downloaded"):
+        build_encoder("resnet18")
+
+
+def test_unknown_encoder_name_is_refused():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_encoder("no-such-net")

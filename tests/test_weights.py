@@ -1,0 +1,91 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from model import Captioner
+from model.decoder import Decoder, DecoderConfig
+from model.encoder import build_encoder
+from model.vocab import Vocab
+from model.weights import WeightsError, load_weights, save_weights, verify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    """A real (untrained) decoder for the real encoder, saved the way training saves it."""
+    torch.manual_seed(0)
+    encoder = build_encoder()
+    vocab = Vocab.build(["a red circle on a white background", "a blue square"], min_count=1)
+    decoder = Decoder(DecoderConfig(len(vocab), encoder.feature_dim, 8, 16, 0.0))
+    directory = tmp_path_factory.mktemp("weights")
+    save_weights(directory, decoder, vocab, {"encoder": {"name": encoder.name, "fingerprint": encoder.fingerprint}})
+    return directory
+
+
+def test_round_trip(weights_dir):
+    decoder, vocab, manifest = load_weights(weights_dir)
+    assert manifest["model_id"].startswith("captioner-")
+    assert set(manifest["files"]) == {"decoder.safetensors", "vocab.json", "config.json"}
+    assert decoder.config.vocab_size == len(vocab)
+    assert not decoder.training
+
+
+def test_captioner_returns_distinct_sorted_captions(weights_dir):
+    captioner = Captioner.load(weights_dir, "cpu")
+    results = captioner.caption([Image.new("RGB", (64, 48), "red"), Image.new("RGB", (30, 30), "blue")],
+                                beam_size=4, num_captions=3, max_length=6)
+    assert len(results) == 2
+    for captions in results:
+        texts = [text for text, _ in captions]
+        assert len(texts) == 3 == len(set(texts))
+        assert all(text and len(text.split()) <= 6 for text in texts)
+        assert [lp for _, lp in captions] == sorted((lp for _, lp in captions), reverse=True)
+
+
+@pytest.mark.parametrize("name", ["decoder.safetensors", "vocab.json", "config.json"])
+def test_a_changed_byte_is_refused(weights_dir, tmp_path, name):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in weights_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=f"{name} does not match its manifest"):
+        verify(copy)
+
+
+def test_missing_file_and_missing_manifest_are_refused(weights_dir, tmp_path):
+    with pytest.raises(WeightsError, match="manifest.json is missing"):
+        verify(tmp_path)
+    (tmp_path / "manifest.json").write_text((weights_dir / "manifest.json").read_text())
+    with pytest.raises(WeightsError, match="is missing"):
+        verify(tmp_path)
+
+
+def test_weights_for_another_encoder_are_refused(weights_dir, tmp_path):
+    for f in weights_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["encoder"]["fingerprint"] = "efficientnet-lite0:0000:other"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="trained on features of encoder"):
+        Captioner.load(tmp_path, "cpu")
+
+
+def test_no_unsafe_unpickling_anywhere_in_the_code():
+    """torch.load only with weights_only=True; no pickle at all."""
+    offenders = []
+    for path in [*ROOT.glob("app/**/*.py"), *ROOT.glob("model/**/*.py"), *ROOT.glob("bench/**/*.py")]:
+        text = path.read_text()
+        if re.search(r"^\s*(import pickle|from pickle)", text, re.M):
+            offenders.append(f"{path}: pickle")
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            if "weights_only=True" not in call:
+                offenders.append(f"{path}: {call}")
+    assert not offenders
