@@ -18,7 +18,7 @@ def test_shapes():
 
 
 def test_stepwise_decoding_matches_teacher_forcing():
-    """The fused nn.LSTM path (training) and the sliced-weight step path (beam search) are one model."""
+    """The teacher-forced loop (training) and the one-step path (beam search) compute the same model."""
     decoder = tiny_decoder()
     features = torch.randn(2, 6)
     tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
