@@ -42,7 +42,8 @@ MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
     "data", "encoder", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "dropout",
-    "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words", "patience", "val_beam_size", "seed",
+    "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words", "patience", "val_beam_size", "precision",
+    "seed",
 )
 
 
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-words", type=int, default=30, help="longer training captions are cut")
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better val CIDEr")
     p.add_argument("--val-beam-size", type=int, default=3)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16 autocast for the decoder's matmuls (about 2x faster on CPUs with AVX512-BF16 and on GPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache (default: cache)")
@@ -210,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         for rows, tokens in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False):
             rows, tokens = rows.to(device), tokens.to(device)
             tokens = tokens[:, : int((tokens != vocab.pad_id).sum(1).max())]  # drop all-pad columns
-            logits = model(features[rows], tokens)  # through the DDP wrapper, which syncs the gradients
-            loss = sequence_loss(logits, tokens, vocab.pad_id, args.label_smoothing)
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.precision == "bf16"):
+                logits = model(features[rows], tokens)  # through the DDP wrapper, which syncs the gradients
+                loss = sequence_loss(logits, tokens, vocab.pad_id, args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.clip > 0:
@@ -229,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             val = validate(decoder, vocab, table, val_items, args.val_beam_size) if val_items else {}
             cider = val.get("CIDEr", -train_loss)  # without a val split, track the loss instead
             seconds = time.time() - epoch_start
-            record = {"epoch": epoch + 1, "loss": train_loss, "val_BLEU-4": val.get("BLEU-4"), "val_CIDEr": val.get("CIDEr"), "seconds": seconds}
+            record = {
+                "epoch": epoch + 1, "loss": train_loss, "val_BLEU-4": val.get("BLEU-4"), "val_CIDEr": val.get("CIDEr"),
+                "seconds": seconds, "world_size": world,
+            }
             history.append(record)
             if cider > best_cider:
                 best_cider, stale_epochs = cider, 0
