@@ -1,0 +1,1 @@
+"""captioner's web service: POST a photo, get a caption."""

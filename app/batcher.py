@@ -1,0 +1,126 @@
+"""Dynamic batching: requests that arrive together share one CNN pass and one beam search.
+
+One inference thread does all model work, so the event loop never blocks and the CPU threads of
+torch are not oversubscribed. The loop collects whatever is queued, waits up to max_wait for more
+(up to max_batch_size), runs the CNN once on all the images, then one batched beam search per
+distinct (beam_size, num_captions, max_length) in the batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from app.metrics import Metrics
+from model import Captioner
+from model.captioner import Captions
+
+
+class Overloaded(Exception):
+    """The queue is full."""
+
+
+@dataclass(frozen=True)
+class Params:
+    beam_size: int = 3
+    num_captions: int = 1
+    max_length: int = 20
+
+
+@dataclass
+class Job:
+    image: Image.Image
+    params: Params
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class Result:
+    captions: list[tuple[str, float]]
+    batch_size: int
+
+
+class Batcher:
+    def __init__(self, captioner: Captioner, metrics: Metrics, max_batch_size: int, max_wait_s: float, queue_limit: int):
+        self.captioner = captioner
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_limit)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._serve())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, image: Image.Image, params: Params, timeout_s: float) -> Result:
+        """Raises Overloaded when the queue is full, TimeoutError past timeout_s."""
+        job = Job(image, params, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise Overloaded from None
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return await asyncio.wait_for(job.future, timeout_s)
+
+    async def run(self, images: list[Image.Image], params: Params) -> list[Captions]:
+        """Direct use of the inference thread, for the warm-up."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: self.captioner.caption(images, params.beam_size, params.num_captions, params.max_length)
+        )
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self.metrics.queue_depth.set(self.queue.qsize())
+            batch = [job for job in batch if not job.future.done()]  # their clients gave up (timeout)
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self._infer, batch)
+            except Exception as error:  # a model failure answers its own requests, the service keeps going
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            for job, captions in zip(batch, results):
+                if not job.future.done():
+                    job.future.set_result(Result(captions, len(batch)))
+
+    def _infer(self, batch: list[Job]) -> list[list[tuple[str, float]]]:
+        self.metrics.batch_size.observe(len(batch))
+        started = time.perf_counter()
+        features = self.captioner.encode([job.image for job in batch])  # [B, D]
+        encoded = time.perf_counter()
+        self.metrics.stage_seconds.labels("cnn").observe(encoded - started)
+        results: list = [None] * len(batch)
+        for params in {job.params for job in batch}:
+            rows = [i for i, job in enumerate(batch) if job.params == params]
+            captions = self.captioner.describe(features[rows], params.beam_size, params.num_captions, params.max_length)
+            for row, per_image in zip(rows, captions):
+                results[row] = per_image
+        self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
+        return results

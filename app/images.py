@@ -1,0 +1,57 @@
+"""Uploaded bytes -> an RGB PIL image, or an error that says which 4xx it deserves."""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+
+
+class ImageRejected(Exception):
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open, check the declared size before decoding any pixels, decode, apply EXIF orientation.
+
+    415: not an image of an accepted format; 413: more pixels than max_pixels; 400: corrupt."""
+    if not data:
+        raise ImageRejected(400, "the uploaded file is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageRejected(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageRejected(413, f"image has more than {max_pixels} pixels") from None
+        except Exception as error:  # a header PIL recognises but cannot parse
+            raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected(413, f"image is {width}x{height}, more than {max_pixels} pixels")
+        if image.format == "JPEG":
+            image.draft("RGB", (448, 448))  # decode at reduced scale: the encoder needs 256 pixels anyway
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageRejected(413, f"image has more than {max_pixels} pixels") from None
+        except Exception as error:  # truncated data, bad CRC, broken EXIF: PIL raises many types
+            raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits first
+        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("P", "PA", "LA", "RGBA") and ("transparency" in image.info or "A" in image.mode):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")  # transparent areas as white paper
+    return image.convert("RGB")

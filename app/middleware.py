@@ -1,0 +1,87 @@
+"""Pure ASGI middleware: the upload size limit, and one log line plus metrics per request."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+
+logger = logging.getLogger("captioner.access")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside the body read; an HTTPException so that FastAPI's form parsing passes it on as 413."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body over the limit of {max_bytes} bytes", headers={"Connection": "close"})
+
+
+class BodySizeLimit:
+    """413 before reading a body whose Content-Length is over the limit; for bodies without one
+    (chunked), count while streaming and stop the read at the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await _json_response(send, 413, f"request body over the limit of {self.max_bytes} bytes")
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class AccessLog:
+    """One JSON log line per request (no image data) and the request metrics, by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # bounded label set, even under fuzzing
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            line = {"route": route, "method": scope["method"], "status": status, "ms": round(seconds * 1000, 2)}
+            batch_size = scope.get("state", {}).get("batch_size")
+            if batch_size is not None:
+                line["batch_size"] = batch_size
+            logger.info(json.dumps(line))
+
+
+async def _json_response(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,114 @@
+"""HTTP routes. Model objects come in through dependencies, from app.state (set up in main.lifespan)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.batcher import Batcher, Overloaded, Params
+from app.images import ImageRejected, decode_image
+from app.metrics import Metrics
+from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status
+from app.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+router = APIRouter()
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_batcher(request: Request) -> Batcher:
+    batcher = request.app.state.batcher
+    if batcher is None:
+        raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
+    return batcher
+
+
+ERRORS = {
+    400: {"model": Error, "description": "corrupt or truncated image"},
+    413: {"model": Error, "description": "upload or image too large"},
+    415: {"model": Error, "description": "not an image in a supported format"},
+    422: {"model": Error, "description": "invalid parameters"},
+    503: {"model": Error, "description": "overloaded or still loading; retry after Retry-After seconds"},
+    504: {"model": Error, "description": "the request took longer than the service's timeout"},
+}
+
+
+@router.post("/v1/captions", response_model=CaptionResponse, responses=ERRORS, tags=["captions"])
+async def create_captions(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame) or BMP")],
+    batcher: Annotated[Batcher, Depends(get_batcher)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    beam_size: Annotated[int, Query(ge=1, le=10, description="beams searched")] = 3,
+    num_captions: Annotated[int, Query(ge=1, le=10, description="captions returned, at most beam_size")] = 1,
+    max_length: Annotated[int, Query(ge=5, le=50, description="most words in a caption")] = 20,
+) -> CaptionResponse:
+    started = time.perf_counter()
+    if num_captions > beam_size:
+        raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({beam_size})")
+    data = await image.read()
+    try:
+        picture = await run_in_threadpool(decode_image, data, settings.max_pixels)
+    except ImageRejected as rejected:
+        raise HTTPException(rejected.status_code, rejected.detail) from None
+    try:
+        result = await batcher.submit(picture, Params(beam_size, num_captions, max_length), settings.request_timeout_s)
+    except Overloaded:
+        raise HTTPException(503, "too many requests queued; retry shortly", headers={"Retry-After": "1"}) from None
+    except TimeoutError:
+        raise HTTPException(504, f"no caption within {settings.request_timeout_s} s") from None
+    request.state.batch_size = result.batch_size
+    return CaptionResponse(
+        captions=[Caption(text=text, log_prob=log_prob) for text, log_prob in result.captions],
+        model=batcher.captioner.model_id,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+@router.get("/healthz", response_model=Status, tags=["operations"])
+async def healthz() -> Status:
+    return Status(status="alive")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"model": Error}}, tags=["operations"])
+async def readyz(request: Request) -> Status:
+    if not request.app.state.ready:
+        raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
+    return Status(status="ready")
+
+
+@router.get("/v1/model", response_model=ModelInfo, responses={503: {"model": Error}}, tags=["captions"])
+async def model_info(batcher: Annotated[Batcher, Depends(get_batcher)]) -> ModelInfo:
+    captioner = batcher.captioner
+    manifest = captioner.manifest
+    return ModelInfo(
+        model=captioner.model_id,
+        encoder=manifest["encoder"],
+        vocab_size=len(captioner.vocab),
+        training=manifest.get("training", {}),
+        scores=manifest.get("scores", {}),
+        files_sha256=manifest["files"],
+        note=manifest.get("note"),
+    )
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+async def metrics(registry: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html")

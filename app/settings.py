@@ -1,0 +1,21 @@
+"""Service settings, read from CAPTIONER_* environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_")
+
+    weights_dir: Path = Path("weights")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_upload_bytes: int = Field(10 * 2**20, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    max_batch_size: int = Field(16, ge=1)
+    max_batch_wait_ms: float = Field(5.0, ge=0)
+    queue_limit: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)

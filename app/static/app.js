@@ -1,0 +1,75 @@
+"use strict";
+const form = document.getElementById("form");
+const fileInput = document.getElementById("file");
+const drop = document.getElementById("drop");
+const preview = document.getElementById("preview");
+const submit = document.getElementById("submit");
+const statusLine = document.getElementById("status");
+const list = document.getElementById("captions");
+let chosen = null;
+
+function choose(file) {
+  chosen = file;
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  submit.disabled = false;
+  list.replaceChildren();
+  showStatus("");
+}
+
+function showStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.className = isError ? "error" : "";
+}
+
+fileInput.addEventListener("change", () => fileInput.files[0] && choose(fileInput.files[0]));
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files[0]) choose(event.dataTransfer.files[0]);
+});
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!chosen) return;
+  const beam = document.getElementById("beam").value;
+  const count = Math.min(Number(document.getElementById("count").value), Number(beam));
+  const body = new FormData();
+  body.append("image", chosen);
+  submit.disabled = true;
+  showStatus("Captioning…");
+  try {
+    const response = await fetch(`/v1/captions?beam_size=${beam}&num_captions=${count}`, { method: "POST", body });
+    const data = await response.json();
+    if (!response.ok) {
+      const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+      showStatus(`Error ${response.status}: ${detail}`, true);
+      return;
+    }
+    list.replaceChildren(...data.captions.map((caption) => {
+      const item = document.createElement("li");
+      item.className = "caption";
+      item.textContent = caption.text;
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = `log p = ${caption.log_prob.toFixed(2)}`;
+      item.append(score);
+      return item;
+    }));
+    showStatus(`${data.model}, ${data.elapsed_ms.toFixed(0)} ms`);
+  } catch (error) {
+    showStatus(`Error: ${error}`, true);
+  } finally {
+    submit.disabled = false;
+  }
+});
+
+fetch("/v1/model").then((r) => (r.ok ? r.json() : null)).then((info) => {
+  if (info && info.note) {
+    const note = document.getElementById("model-note");
+    note.textContent = info.note;
+    note.hidden = false;
+  }
+}).catch(() => {});

@@ -1,0 +1,263 @@
+"""The service over real HTTP: uvicorn in a subprocess, httpx as the client, images made by PIL."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import zlib
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from PIL import Image
+
+from app.images import decode_image
+from tests.conftest import WEIGHTS, encoded, running_server, scene
+
+
+def post(url, data: bytes, filename="image", content_type="application/octet-stream", timeout=60, **params):
+    return httpx.post(f"{url}/v1/captions", params=params, files={"image": (filename, data, content_type)}, timeout=timeout)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with almost no pixel data behind it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt, content_type", [("JPEG", "image/jpeg"), ("PNG", "image/png")])
+def test_jpeg_and_png_get_captions(server, fmt, content_type):
+    response = post(server, encoded(scene(), fmt), content_type=content_type, beam_size=4, num_captions=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"captions", "model", "elapsed_ms"}
+    assert body["model"].startswith("captioner-")
+    texts = [c["text"] for c in body["captions"]]
+    log_probs = [c["log_prob"] for c in body["captions"]]
+    assert len(texts) == 3 == len(set(texts)) and all(texts)
+    assert log_probs == sorted(log_probs, reverse=True) and all(lp < 0 for lp in log_probs)
+    assert body["elapsed_ms"] > 0
+
+
+def test_defaults_give_one_caption(server):
+    body = post(server, encoded(scene(), "PNG")).json()
+    assert len(body["captions"]) == 1 and len(body["captions"][0]["text"].split()) <= 20
+
+
+@pytest.mark.parametrize("fmt, options", [("WEBP", {}), ("BMP", {}), ("GIF", {}), ("JPEG", {"quality": 30})])
+def test_other_formats(server, fmt, options):
+    assert post(server, encoded(scene(colour="blue"), fmt, **options)).status_code == 200
+
+
+def test_animated_gif_uses_its_first_frame(server):
+    frames = [scene(colour="red"), scene(colour="blue")]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert post(server, data).status_code == 200
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (120, 60), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    data = encoded(image, "JPEG", exif=exif)
+    assert decode_image(data, 10**6).size == (60, 120)
+
+
+def test_exif_rotated_jpeg_over_http(server):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    assert post(server, encoded(scene(), "JPEG", exif=exif)).status_code == 200
+
+
+def test_one_pixel_image(server):
+    assert post(server, encoded(Image.new("RGB", (1, 1), "white"), "PNG")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "data, status, message",
+    [
+        (b"hello, this is plain text", 415, "not an image"),
+        (b"", 400, "empty"),
+        (encoded(scene(), "JPEG")[:600], 400, "corrupt or truncated"),
+        (encoded(scene(), "PNG")[:-30], 400, "corrupt or truncated"),
+        (png_declaring(20000, 20000), 413, "more than 40000000 pixels"),
+    ],
+    ids=["text", "empty", "truncated-jpeg", "truncated-png", "pixel-bomb"],
+)
+def test_bad_images_get_clear_errors(server, data, status, message):
+    response = post(server, data)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"beam_size": 0}, {"beam_size": 11}, {"max_length": 4}, {"max_length": 51}, {"num_captions": 0},
+     {"beam_size": 2, "num_captions": 3}, {"beam_size": "three"}],
+)
+def test_bad_parameters_get_422(server, params):
+    response = post(server, encoded(scene(), "PNG"), **params)
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
+def test_missing_image_field_gets_422(server):
+    response = httpx.post(f"{server}/v1/captions", files={"photo": ("x.png", encoded(scene(), "PNG"))})
+    assert response.status_code == 422
+
+
+def test_huge_declared_body_is_refused_before_it_is_sent(server):
+    """Content-Length of 100 MB: the answer comes without the server reading any of it."""
+    address = urlparse(server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        started = time.time()
+        reply = connection.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 413")
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["detail"].startswith("request body over the limit")
+    assert time.time() - started < 5
+
+
+def test_streamed_body_over_the_limit_is_cut_off():
+    """No Content-Length (chunked): the limit is counted while the body streams in."""
+    with running_server(max_upload_bytes=50_000) as (url, _):
+        def chunks():
+            yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n"
+            for _ in range(100):
+                yield b"\0" * 10_000
+        try:
+            response = httpx.post(f"{url}/v1/captions", content=chunks(),
+                                  headers={"Content-Type": "multipart/form-data; boundary=b"}, timeout=30)
+            assert response.status_code == 413
+        except (httpx.WriteError, httpx.RemoteProtocolError):
+            pass  # the server may close the connection before the client has finished sending
+        small = post(url, encoded(scene(), "JPEG"))
+        assert small.status_code == 200  # and it keeps serving
+
+
+def test_errors_never_stop_the_service(server):
+    for data in (b"junk", encoded(scene(), "JPEG")[:100], png_declaring(30000, 30000)):
+        assert post(server, data).status_code in (400, 413, 415)
+    assert post(server, encoded(scene(), "JPEG")).status_code == 200
+
+
+def batch_sizes(url: str) -> tuple[float, float]:
+    """(observations, observations of batch size 1) from /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    count = float(re.search(r"^captioner_batch_size_count (\S+)", text, re.M).group(1))
+    ones = float(re.search(r'^captioner_batch_size_bucket\{le="1.0"\} (\S+)', text, re.M).group(1))
+    return count, ones
+
+
+def test_fifty_concurrent_requests_are_batched(server):
+    images = [encoded(scene(colour=c), "JPEG") for c in ("red", "blue", "green", "yellow", "purple")]
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            requests = [
+                client.post(f"{server}/v1/captions", params={"beam_size": 1 + i % 3},
+                            files={"image": ("x.jpg", images[i % 5], "image/jpeg")})
+                for i in range(50)
+            ]
+            return await asyncio.gather(*requests)
+
+    before_count, before_ones = batch_sizes(server)
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 50
+    count, ones = batch_sizes(server)
+    assert count - before_count < 50  # fewer batches than requests
+    assert count - before_count > ones - before_ones  # at least one batch held more than one image
+
+
+def test_model_info(server):
+    info = httpx.get(f"{server}/v1/model").json()
+    assert info["encoder"]["name"] == "efficientnet-lite0"
+    assert info["vocab_size"] > 4
+    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json"}
+    assert "test" in info["scores"]
+
+
+def test_health_metrics_docs_and_page(server):
+    assert httpx.get(f"{server}/healthz").json() == {"status": "alive"}
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    metrics = httpx.get(f"{server}/metrics").text
+    for name in ("captioner_requests_total", "captioner_request_seconds_bucket", "captioner_batch_size_bucket",
+                 "captioner_queue_depth"):
+        assert name in metrics
+    assert httpx.get(f"{server}/openapi.json").json()["paths"]["/v1/captions"]["post"]
+    assert httpx.get(f"{server}/docs").status_code == 200
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and 'type="file"' in page.text
+    assert httpx.get(f"{server}/no-such-page").status_code == 404
+
+
+def test_readyz_flips_from_503_to_200():
+    with running_server(wait_ready=False) as (url, process):
+        seen = []
+        deadline = time.time() + 120
+        while time.time() < deadline and 200 not in seen:
+            try:
+                seen.append(httpx.get(f"{url}/readyz", timeout=1).status_code)
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        assert seen[0] == 503 and seen[-1] == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_overload_gets_503_with_retry_after_then_recovers():
+    with running_server(queue_limit=2, max_batch_size=1, max_batch_wait_ms=0) as (url, _):
+        data = encoded(scene(), "JPEG")
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*[
+                    client.post(f"{url}/v1/captions", params={"beam_size": 10, "max_length": 50},
+                                files={"image": ("x.jpg", data, "image/jpeg")})
+                    for _ in range(24)
+                ])
+
+        responses = asyncio.run(burst())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) == {200, 503}
+        refused = [r for r in responses if r.status_code == 503]
+        assert all(r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"] for r in refused)
+        assert post(url, data).status_code == 200
+
+
+def test_timeout_gets_504_and_the_service_goes_on():
+    with running_server(request_timeout_s=0.001) as (url, _):
+        response = post(url, encoded(scene(), "JPEG"), beam_size=10, max_length=50)
+        assert response.status_code == 504
+        assert "no caption within" in response.json()["detail"]
+        assert httpx.get(f"{url}/v1/model").status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, monkeypatch):
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, copy)
+    target = copy / "decoder.safetensors"
+    if damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    else:
+        target.unlink()
+    monkeypatch.setattr("tests.conftest.WEIGHTS", copy)
+    with running_server(wait_ready=False) as (_, process):
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "refusing to start" in output
+    assert ("does not match its manifest" if damage == "flip" else "is missing") in output
