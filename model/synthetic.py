@@ -30,8 +30,28 @@ COLOURS = {
     "orange": (245, 140, 30), "purple": (140, 60, 180), "white": (245, 245, 245), "black": (20, 20, 20),
 }
 BACKGROUNDS = {"white": (235, 235, 235), "black": (30, 30, 30), "gray": (128, 128, 128)}
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 SIZES = {"small": (15, 22), "large": (30, 38)}  # radius in pixels
+MAX_TILT = 0.2  # radians
+
+
+def _around(radii: list[float], start: float) -> list[tuple[float, float]]:
+    """Points evenly spaced in angle at the given distances from the centre."""
+    step = 2 * math.pi / len(radii)
+    return [(r * math.cos(start + k * step), r * math.sin(start + k * step)) for k, r in enumerate(radii)]
+
+
+# Outlines for a radius of 1 (circles are drawn as ellipses). Tilted by up to MAX_TILT, each still
+# reaches at most 1.1 from the centre along either axis, which the margins in render_scene allow for.
+ARM = 0.33  # half the width of a cross's bars
+OUTLINES = {
+    "square": _around([1.2] * 4, math.pi / 4),
+    "triangle": _around([1.0] * 3, -math.pi / 2),
+    "star": _around([1.0, 0.42] * 5, -math.pi / 2),
+    "diamond": [(0, -1.1), (0.65, 0), (0, 1.1), (-0.65, 0)],
+    "cross": [(-ARM, -1), (ARM, -1), (ARM, -ARM), (1, -ARM), (1, ARM), (ARM, ARM),
+              (ARM, 1), (-ARM, 1), (-ARM, ARM), (-1, ARM), (-1, -ARM), (-ARM, -ARM)],
+}
+SHAPES = ("circle", *OUTLINES)
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
 NOISE = 10  # background texture: per-pixel noise, so the images are not flat colour
 
@@ -48,6 +68,7 @@ def choose_held_out(rng: np.random.Generator, fraction: float) -> set[tuple[str,
 
 
 def split_of(index: int, n: int) -> str:
+    """8 of every 10 scenes train, 1 val, 1 test; below 10 scenes, the last two are val and test."""
     if n >= 10:
         return {8: "val", 9: "test"}.get(index % 10, "train")
     return {n - 1: "test", n - 2: "val"}.get(index, "train")
@@ -60,32 +81,9 @@ def sample_scene(rng: np.random.Generator, split: str, held_out: set[tuple[str, 
     if split != "train":  # one object of every dev/test scene has a pair training never showed
         novel = sorted(held_out)
         pairs[int(rng.integers(count))] = novel[int(rng.integers(len(novel)))]
-    backgrounds = [b for b in BACKGROUNDS if b not in {colour for colour, _ in pairs}]
-    objects = []
-    for colour, shape in pairs:
-        size = str(rng.choice(list(SIZES)))
-        objects.append({"colour": colour, "shape": shape, "size": size})
+    objects = [{"colour": colour, "shape": shape, "size": str(rng.choice(list(SIZES)))} for colour, shape in pairs]
+    backgrounds = [b for b in BACKGROUNDS if b not in {colour for colour, _ in pairs}]  # gray always remains
     return {"background": str(rng.choice(backgrounds)), "objects": objects}
-
-
-def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    if shape == "square":
-        points = [(math.cos(a), math.sin(a)) for a in (math.pi / 4 + k * math.pi / 2 for k in range(4))]
-        points = [(x * 1.2, y * 1.2) for x, y in points]
-    elif shape == "triangle":
-        points = [(math.cos(a), math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
-    elif shape == "diamond":
-        points = [(0, -1.1), (0.65, 0), (0, 1.1), (-0.65, 0)]
-    elif shape == "star":
-        points = [
-            ((1.0 if k % 2 == 0 else 0.42) * math.cos(a), (1.0 if k % 2 == 0 else 0.42) * math.sin(a))
-            for k, a in enumerate(-math.pi / 2 + k * math.pi / 5 for k in range(10))
-        ]
-    else:  # cross
-        w = 0.33
-        points = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
-    cos, sin = math.cos(angle), math.sin(angle)
-    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
 
 
 def render_scene(scene: dict, rng: np.random.Generator) -> Image.Image:
@@ -104,8 +102,11 @@ def render_scene(scene: dict, rng: np.random.Generator) -> Image.Image:
         colour = COLOURS[obj["colour"]]
         if obj["shape"] == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-        else:
-            draw.polygon(_polygon(obj["shape"], cx, cy, r, float(rng.uniform(-0.2, 0.2))), fill=colour)
+        else:  # a slight tilt, so no two squares are pixel-identical
+            turn = float(rng.uniform(-MAX_TILT, MAX_TILT))
+            cos, sin = math.cos(turn), math.sin(turn)
+            draw.polygon([(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in OUTLINES[obj["shape"]]],
+                         fill=colour)
     return image
 
 

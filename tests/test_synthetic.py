@@ -1,7 +1,9 @@
+"""The synthetic scene generator: Flickr8k layout, held-out colour-shape pairs, captions that match the pixels."""
 import csv
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,54 +11,110 @@ import pytest
 from PIL import Image
 
 from model.data import load_dataset
-from model.synthetic import COLOURS, caption_scene, load_scenes, objects_named_correctly, render_scene
+from model.synthetic import (
+    BACKGROUNDS, COLOURS, NOISE, SHAPES, SPLIT_FILES, caption_scene, choose_held_out, load_scenes, main,
+    objects_named_correctly, render_scene,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
+N = 30
 
 
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "set"
-    result = subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(out), "--n", "60", "--seed", "3"],
+    result = subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(out), "--n", str(N), "--seed", "3"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("train 24, val 3, test 3")
     return out
 
 
-def test_layout_is_flickr8k_kaggle(scenes_dir):
-    with open(scenes_dir / "captions.txt", newline="") as f:
+def read_captions(dataset_dir: Path) -> dict[str, list[str]]:
+    with open(dataset_dir / "captions.txt", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["image", "caption"]
     per_image = {}
     for name, caption in rows[1:]:
         per_image.setdefault(name, []).append(caption)
-    assert len(per_image) == 60 and all(len(c) == 5 for c in per_image.values())
-    assert all((scenes_dir / "Images" / name).is_file() for name in per_image)
+    return per_image
 
 
-def test_splits_are_disjoint_and_held_out_pairs_never_train(scenes_dir):
+def read_splits(dataset_dir: Path) -> dict[str, list[str]]:
+    return {split: (dataset_dir / file_name).read_text().split() for split, file_name in SPLIT_FILES.items()}
+
+
+def pairs_of(scene: dict) -> set[tuple[str, str]]:
+    return {(o["colour"], o["shape"]) for o in scene["objects"]}
+
+
+def test_layout_is_flickr8k_kaggle(scenes_dir):
+    captions = read_captions(scenes_dir)
+    assert len(captions) == N and all(len(c) == 5 for c in captions.values())
+    assert sorted(p.name for p in (scenes_dir / "Images").iterdir()) == sorted(captions)
+    with Image.open(scenes_dir / "Images" / "scene_000000.png") as image:
+        assert image.format == "PNG" and image.mode == "RGB" and image.size == (224, 224)
+    assert set(load_scenes(scenes_dir)) == set(captions)
+
+
+def test_splits_are_disjoint_cover_everything_and_data_py_reads_them(scenes_dir):
+    splits = read_splits(scenes_dir)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 24, "val": 3, "test": 3}
+    assert sorted(sum(splits.values(), [])) == sorted(read_captions(scenes_dir))  # each image in exactly one split
     dataset = load_dataset(scenes_dir)
-    names = {split: {i.image_path.name for i in dataset.split(split)} for split in ("train", "val", "test")}
-    assert sum(map(len, names.values())) == 60 and all(names.values())
-    assert not (names["train"] & names["test"]) and not (names["train"] & names["val"])
+    assert {split: sorted(i.image_path.name for i in dataset.split(split)) for split in splits} == \
+        {split: sorted(names) for split, names in splits.items()}
+
+
+def test_held_out_pairs_never_train_and_every_val_and_test_scene_has_one(scenes_dir):
     held_out = {tuple(p) for p in json.loads((scenes_dir / "held_out_pairs.json").read_text())}
+    scenes, splits = load_scenes(scenes_dir), read_splits(scenes_dir)
+    assert all(not pairs_of(scenes[name]) & held_out for name in splits["train"])
+    assert all(pairs_of(scenes[name]) & held_out for name in splits["val"] + splits["test"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_held_out_pairs_leave_every_colour_and_shape_in_training(seed):
+    held_out = choose_held_out(np.random.default_rng(seed), 0.15)
+    assert len(held_out) == round(0.15 * len(COLOURS) * len(SHAPES))
+    kept = {(c, s) for c in COLOURS for s in SHAPES} - held_out
+    assert {c for c, _ in kept} == set(COLOURS) and {s for _, s in kept} == set(SHAPES)
+
+
+def test_scenes_follow_the_rules(scenes_dir):
+    for scene in load_scenes(scenes_dir).values():
+        assert scene["background"] in BACKGROUNDS and 1 <= len(scene["objects"]) <= 2
+        assert all(o["colour"] in COLOURS and o["shape"] in SHAPES and o["size"] in ("small", "large")
+                   for o in scene["objects"])
+        assert scene["background"] not in {o["colour"] for o in scene["objects"]}
+
+
+def test_same_seed_same_data_other_seed_other_data(scenes_dir, tmp_path):
+    main(["--out", str(tmp_path / "same"), "--n", str(N), "--seed", "3"])
+    main(["--out", str(tmp_path / "other"), "--n", str(N), "--seed", "4"])
+    files = ["captions.txt", "scenes.json", *SPLIT_FILES.values(), *(f"Images/scene_{i:06d}.png" for i in range(N))]
+    assert all((tmp_path / "same" / f).read_bytes() == (scenes_dir / f).read_bytes() for f in files)
+    assert (tmp_path / "other" / "captions.txt").read_text() != (scenes_dir / "captions.txt").read_text()
+
+
+def test_written_captions_name_their_objects_and_background(scenes_dir):
     scenes = load_scenes(scenes_dir)
-    for name in names["train"]:
-        assert not {(o["colour"], o["shape"]) for o in scenes[name]["objects"]} & held_out
-    for name in names["test"] | names["val"]:
-        assert {(o["colour"], o["shape"]) for o in scenes[name]["objects"]} & held_out
+    for name, captions in read_captions(scenes_dir).items():
+        assert captions == caption_scene(scenes[name])
+        assert all(objects_named_correctly(c, scenes[name]) for c in captions)
+        assert all(f"{scenes[name]['background']} background" in c for c in captions)
 
 
-def test_same_seed_same_data(scenes_dir, tmp_path):
-    subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(tmp_path), "--n", "60", "--seed", "3"],
-                   cwd=ROOT, check=True, capture_output=True)
-    assert (tmp_path / "captions.txt").read_text() == (scenes_dir / "captions.txt").read_text()
-    assert (tmp_path / "Images/scene_000007.png").read_bytes() == (scenes_dir / "Images/scene_000007.png").read_bytes()
-
-
-def test_generated_captions_name_their_objects(scenes_dir):
-    for name, scene in load_scenes(scenes_dir).items():
-        assert all(objects_named_correctly(caption, scene) for caption in caption_scene(scene))
+def test_two_object_captions_keep_left_and_right_straight():
+    scene = {"background": "gray", "objects": [{"colour": "red", "shape": "circle", "size": "small"},
+                                               {"colour": "orange", "shape": "star", "size": "large"}]}
+    assert caption_scene(scene) == [
+        "a small red circle to the left of a large orange star on a gray background",
+        "a small red circle next to a large orange star on a gray background",
+        "there is a small red circle to the left of a large orange star against a gray background",
+        "a large orange star to the right of a small red circle on a gray background",
+        "a red circle and an orange star on a gray background",
+    ]
 
 
 def test_wrong_or_missing_objects_are_caught():
@@ -67,17 +125,42 @@ def test_wrong_or_missing_objects_are_caught():
     assert not objects_named_correctly("a small red square next to a large blue star on a gray background", scene)
     assert not objects_named_correctly("a small red circle on a gray background", scene)
     assert not objects_named_correctly("a red circle and a blue star and a red star", scene)
+    assert not objects_named_correctly("a red small and a blue star", scene)  # a colour without its shape
 
 
-def test_pixels_show_the_named_colour():
-    scene = {"background": "white", "objects": [{"colour": "orange", "shape": "square", "size": "large"}]}
-    pixels = np.asarray(render_scene(scene, np.random.default_rng(0))).reshape(-1, 3).astype(int)
-    distance_to_orange = np.abs(pixels - COLOURS["orange"]).sum(1)
-    assert (distance_to_orange < 10).sum() > 30 * 30  # a large square covers well over 900 pixels
+def object_pixels(image: Image.Image, background: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (y, x, rgb) the background's noisy texture cannot explain."""
+    pixels = np.asarray(image).astype(int)
+    far = np.abs(pixels - BACKGROUNDS[background]).max(-1) > NOISE
+    return np.argwhere(far), pixels[far]
 
 
-@pytest.mark.parametrize("args, message", [(["--n", "0"], "at least 3"), (["--n", "5", "--holdout-fraction", "0.9"], "between")])
-def test_bad_arguments_are_refused_without_traceback(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(tmp_path / "x"), *args],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("colour", COLOURS)
+def test_pixels_show_the_named_colour(colour):
+    background = "gray" if colour in ("white", "black") else "white"
+    scene = {"background": background, "objects": [{"colour": colour, "shape": "triangle", "size": "small"}]}
+    _, pixels = object_pixels(render_scene(scene, np.random.default_rng(0)), background)
+    [(most_common, count)] = Counter(map(tuple, pixels)).most_common(1)
+    assert np.abs(np.array(most_common) - COLOURS[colour]).max() <= 5 and count > 200  # a small triangle: ~300 px
+
+
+def test_objects_are_drawn_left_to_right_in_their_halves():
+    scene = {"background": "black", "objects": [{"colour": "yellow", "shape": "cross", "size": "large"},
+                                                {"colour": "blue", "shape": "diamond", "size": "large"}]}
+    for seed in range(5):
+        where, pixels = object_pixels(render_scene(scene, np.random.default_rng(seed)), "black")
+        xs = {name: where[(pixels == COLOURS[name]).all(-1), 1] for name in ("yellow", "blue")}
+        assert len(xs["yellow"]) > 500 and len(xs["blue"]) > 500
+        assert xs["yellow"].max() < 112 <= xs["blue"].min()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], "at least 3"),
+    (["--n", "5", "--holdout-fraction", "0.9"], "between"),
+    (["--n", "5", "--out", "a_file"], "not a folder"),
+])
+def test_bad_arguments_are_refused_with_a_usage_error(tmp_path, capsys, args, message):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit:
+        main(["--out", str(tmp_path / "x"), *[str(tmp_path / a) if a == "a_file" else a for a in args]])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
