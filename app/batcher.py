@@ -62,7 +62,7 @@ class Batcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, image: Image.Image, params: Params, timeout_s: float) -> Result:
-        """Raises Overloaded when the queue is full, TimeoutError past timeout_s."""
+        """Raises Overloaded when the queue is full, asyncio.TimeoutError past timeout_s."""
         job = Job(image, params, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
@@ -93,7 +93,7 @@ class Batcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     break
             self.metrics.queue_depth.set(self.queue.qsize())
             batch = [job for job in batch if not job.future.done()]  # their clients gave up (timeout)

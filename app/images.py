@@ -7,6 +7,7 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+TOO_LARGE = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class ImageRejected(Exception):
@@ -16,35 +17,42 @@ class ImageRejected(Exception):
         self.detail = detail
 
 
+def limit_pixels(max_pixels: int) -> None:
+    """Make PIL's own decompression-bomb check use the service's limit, and fail rather than warn.
+
+    Process-wide on purpose: warnings.catch_warnings per call is not thread-safe, and images are
+    decoded on several threads at once."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Open, check the declared size before decoding any pixels, decode, apply EXIF orientation.
 
     415: not an image of an accepted format; 413: more pixels than max_pixels; 400: corrupt."""
+    too_large = f"image has more than {max_pixels} pixels"
     if not data:
         raise ImageRejected(400, "the uploaded file is empty")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-        except UnidentifiedImageError:
-            raise ImageRejected(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected(413, f"image has more than {max_pixels} pixels") from None
-        except Exception as error:  # a header PIL recognises but cannot parse
-            raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageRejected(413, f"image is {width}x{height}, more than {max_pixels} pixels")
-        if image.format == "JPEG":
-            image.draft("RGB", (448, 448))  # decode at reduced scale: the encoder needs 256 pixels anyway
-        try:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageRejected(413, f"image has more than {max_pixels} pixels") from None
-        except Exception as error:  # truncated data, bad CRC, broken EXIF: PIL raises many types
-            raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
+    except TOO_LARGE:
+        raise ImageRejected(413, too_large) from None
+    except Exception as error:  # a header PIL recognises but cannot parse
+        raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected(413, f"image is {width}x{height}, {too_large}")
+    if image.format == "JPEG":
+        image.draft("RGB", (448, 448))  # decode at reduced scale: the encoder needs 256 pixels anyway
+    try:
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
+    except TOO_LARGE:
+        raise ImageRejected(413, too_large) from None
+    except Exception as error:  # truncated data, bad CRC, broken EXIF: PIL raises many types
+        raise ImageRejected(400, f"corrupt or truncated image: {error}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -5,12 +5,15 @@ import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import ValidationError
 
 from app.batcher import Batcher, Params
+from app.images import limit_pixels
 from app.metrics import Metrics
 from app.middleware import AccessLog, BodySizeLimit
 from app.routes import STATIC, router
@@ -21,34 +24,39 @@ from model.weights import WeightsError, verify
 logger = logging.getLogger("captioner")
 
 
+def exit_with(message: str) -> NoReturn:
+    """One clear line and a non-zero status: a captioning service without its model has nothing to serve.
+
+    os._exit rather than an exception: uvicorn would print a traceback around the message."""
+    logger.critical(message)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def load_model(app: FastAPI) -> None:
-    """Build the model off the event loop, warm it up, then report ready."""
+    """Build the model off the event loop, warm it up, then report ready (readyz stays 503 until then)."""
     settings: Settings = app.state.settings
-    metrics: Metrics = app.state.metrics
     try:
         captioner = await asyncio.to_thread(Captioner.load, settings.weights_dir, settings.device)
         batcher = Batcher(
-            captioner, metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit
+            captioner, app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit
         )
         await batcher.run([Image.new("RGB", (320, 240), "gray")], Params())
-    except Exception as error:  # without a model the service is useless: say why and stop
-        logger.critical("cannot load the model from %s: %s", settings.weights_dir, error)
-        logging.shutdown()
-        os._exit(1)
+    except Exception as error:
+        exit_with(f"refusing to start: cannot load the model from {settings.weights_dir}: {error}")
     batcher.start()
-    app.state.batcher = batcher
-    app.state.ready = True
+    app.state.captioner = captioner
+    app.state.batcher = batcher  # set last: its presence is what readyz reports (routes.require_ready)
     logger.info("ready: %s on %s", captioner.model_id, captioner.device)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings: Settings = app.state.settings
     try:
-        verify(settings.weights_dir)  # a tampered or missing file stops the start here, before any request
+        verify(app.state.settings.weights_dir)  # a tampered or missing file stops the start before the port opens
     except WeightsError as error:
-        logger.critical("refusing to start: %s", error)
-        raise
+        exit_with(f"refusing to start: {error}")
+    # Loading the CNN takes seconds: the server answers healthz (and readyz with 503) meanwhile.
     loading = asyncio.create_task(load_model(app))
     yield
     loading.cancel()
@@ -58,20 +66,25 @@ async def lifespan(app: FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = settings or Settings()
+    except ValidationError as error:  # at import, before uvicorn logs anything: say which variable and exit
+        raise SystemExit(f"refusing to start: invalid CAPTIONER_* environment variable: {error}") from None
+    limit_pixels(settings.max_pixels)
     app = FastAPI(
         title="captioner",
         version="0.1.0",
         summary="POST a photo, get a caption: EfficientNet-Lite0 features, an LSTM decoder, beam search.",
         lifespan=lifespan,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.captioner = None
     app.state.batcher = None
-    app.state.ready = False
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AccessLog, metrics=app.state.metrics)
     return app
 

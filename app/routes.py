@@ -1,6 +1,7 @@
 """HTTP routes. Model objects come in through dependencies, from app.state (set up in main.lifespan)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from app.images import ImageRejected, decode_image
 from app.metrics import Metrics
 from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status
 from app.settings import Settings
+from model import Captioner
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -28,11 +30,20 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_batcher(request: Request) -> Batcher:
-    batcher = request.app.state.batcher
-    if batcher is None:
+def require_ready(request: Request) -> None:
+    """503 until the weights are loaded and warmed up (main.load_model sets the batcher last)."""
+    if request.app.state.batcher is None:
         raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
-    return batcher
+
+
+def get_batcher(request: Request) -> Batcher:
+    require_ready(request)
+    return request.app.state.batcher
+
+
+def get_captioner(request: Request) -> Captioner:
+    require_ready(request)
+    return request.app.state.captioner
 
 
 ERRORS = {
@@ -50,6 +61,7 @@ async def create_captions(
     request: Request,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame) or BMP")],
     batcher: Annotated[Batcher, Depends(get_batcher)],
+    captioner: Annotated[Captioner, Depends(get_captioner)],
     settings: Annotated[Settings, Depends(get_settings)],
     beam_size: Annotated[int, Query(ge=1, le=10, description="beams searched")] = 3,
     num_captions: Annotated[int, Query(ge=1, le=10, description="captions returned, at most beam_size")] = 1,
@@ -67,12 +79,12 @@ async def create_captions(
         result = await batcher.submit(picture, Params(beam_size, num_captions, max_length), settings.request_timeout_s)
     except Overloaded:
         raise HTTPException(503, "too many requests queued; retry shortly", headers={"Retry-After": "1"}) from None
-    except TimeoutError:
+    except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
         raise HTTPException(504, f"no caption within {settings.request_timeout_s} s") from None
     request.state.batch_size = result.batch_size
     return CaptionResponse(
         captions=[Caption(text=text, log_prob=log_prob) for text, log_prob in result.captions],
-        model=batcher.captioner.model_id,
+        model=captioner.model_id,
         elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
     )
 
@@ -84,14 +96,13 @@ async def healthz() -> Status:
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": Error}}, tags=["operations"])
 async def readyz(request: Request) -> Status:
-    if not request.app.state.ready:
-        raise HTTPException(503, "the model is still loading", headers={"Retry-After": "1"})
+    """200 once the weights are loaded and a warm-up caption has run."""
+    require_ready(request)
     return Status(status="ready")
 
 
 @router.get("/v1/model", response_model=ModelInfo, responses={503: {"model": Error}}, tags=["captions"])
-async def model_info(batcher: Annotated[Batcher, Depends(get_batcher)]) -> ModelInfo:
-    captioner = batcher.captioner
+async def model_info(captioner: Annotated[Captioner, Depends(get_captioner)]) -> ModelInfo:
     manifest = captioner.manifest
     return ModelInfo(
         model=captioner.model_id,

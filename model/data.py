@@ -1,204 +1,295 @@
 """Readers for captioned-image datasets, all into one shape: ImageCaptions(image_path, captions, split).
 
-load_dataset(path) recognises:
+load_dataset(path) recognises, by file names:
 - Flickr8k, Kaggle layout: DIR/captions.txt (CSV, header `image,caption`) and DIR/Images/;
 - Flickr8k, original layout: DIR/Flickr8k.token.txt (`name.jpg#0<TAB>caption`) and
-  DIR/Flicker8k_Dataset/ (sic) or DIR/Images/;
-  for both, DIR/Flickr_8k.{train,dev,test}Images.txt give the splits; without them every image is in `test`;
-- COCO: captions_<split><year>.json (or DIR/annotations/captions_*.json), images in the folder
-  named after the file (`train2014/`) beside `annotations/` or beside the json;
-- Karpathy splits: dataset_<name>.json (or a DIR holding one), `restval` counted as `train`;
-  images under DIR/Images/, else DIR/<filepath>/<filename>, else DIR/.
-Anything malformed raises DatasetFormatError naming the file and line. Image files are not
-opened here: feature extraction skips and reports unreadable ones.
+  DIR/Flicker8k_Dataset/ (sic) or DIR/Images/.
+  For both, DIR/Flickr_8k.{train,dev,test}Images.txt give the splits (dev is `val`) and images
+  they do not list are left out; without them every image is in `test`. `path` may also be the
+  captions file itself.
+- COCO: captions_<split><year>.json, or DIR holding annotations/captions_*.json (all are read);
+  images in the folder named after the file (`train2014/`) beside `annotations/`, else beside
+  the json, else the json's own folder.
+- Karpathy splits: dataset_<name>.json, or DIR holding exactly one; `restval` counts as `train`.
+  The image layout is chosen once, from the first image that is found at DIR/Images/<filename>,
+  else DIR/<filepath>/<filename>, else DIR/<filename>; when none exists, DIR/<filepath>/<filename>.
+Only images with at least one caption become items. Anything malformed raises DatasetFormatError
+naming the file and the line (CSV and text files) or the record (JSON, e.g. `annotations[3]`,
+since the json module keeps no line numbers once parsed). Image files are not opened or even
+checked here (too slow for COCO): feature extraction skips and reports unreadable ones.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
-FLICKR_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+FLICKR_CAPTION_FILES = ("captions.txt", "Flickr8k.token.txt")
+FLICKR_IMAGE_DIRS = ("Flicker8k_Dataset", "Images")
+FLICKR_SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+LOOKED_FOR = (
+    "captions.txt (Flickr8k, Kaggle), Flickr8k.token.txt (Flickr8k), dataset_*.json (Karpathy), "
+    "annotations/captions_*.json or captions_*.json (COCO)"
+)
 
 
 class DatasetFormatError(ValueError):
-    """A dataset file that cannot be read; the message names the file (and line)."""
+    """A dataset that cannot be read; the message names the file and the line or record."""
 
 
 @dataclass(frozen=True)
 class ImageCaptions:
-    image_path: Path
+    image_path: Path  # absolute
     captions: tuple[str, ...]
-    split: str
+    split: str  # one of SPLITS
 
 
 @dataclass
 class CaptionDataset:
     name: str
     root: Path
-    items: list[ImageCaptions] = field(default_factory=list)
+    items: list[ImageCaptions]
 
     def split(self, name: str) -> list[ImageCaptions]:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         return [item for item in self.items if item.split == name]
 
 
 def load_dataset(path: str | Path) -> CaptionDataset:
-    path = Path(path)
-    if not path.exists():
-        raise DatasetFormatError(f"{path}: no such file or folder")
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        return _load_folder(path)
     if path.is_file():
-        if path.name.startswith("captions_") and path.suffix == ".json":
-            return _coco(path)
-        if path.suffix == ".json":
-            return _karpathy(path)
-        raise DatasetFormatError(f"{path}: not a known dataset file (captions_*.json or dataset_*.json)")
-    if (path / "captions.txt").is_file():
-        return _flickr(path, path / "captions.txt", _read_kaggle_csv, path / "Images")
-    if (path / "Flickr8k.token.txt").is_file():
-        images = path / "Flicker8k_Dataset" if (path / "Flicker8k_Dataset").is_dir() else path / "Images"
-        return _flickr(path, path / "Flickr8k.token.txt", _read_token_file, images)
-    karpathy = sorted(path.glob("dataset_*.json"))
-    if len(karpathy) == 1:
+        return _load_file(path)
+    raise DatasetFormatError(f"{path}: no such file or folder")
+
+
+def _load_file(file: Path) -> CaptionDataset:
+    if file.name in FLICKR_CAPTION_FILES:
+        return _flickr(file)
+    if file.suffix == ".json" and file.name.startswith("captions_"):
+        return _coco([file])
+    if file.suffix == ".json" and file.name.startswith("dataset_"):
+        return _karpathy(file)
+    raise DatasetFormatError(f"{file}: not a dataset file; expected one of {LOOKED_FOR}")
+
+
+def _load_folder(folder: Path) -> CaptionDataset:
+    for name in FLICKR_CAPTION_FILES:
+        if (folder / name).is_file():
+            return _flickr(folder / name)
+    karpathy = sorted(folder.glob("dataset_*.json"))
+    if len(karpathy) > 1:
+        raise DatasetFormatError(f"{folder}: several Karpathy files ({', '.join(f.name for f in karpathy)}); pass one")
+    if karpathy:
         return _karpathy(karpathy[0])
-    coco = sorted((path / "annotations").glob("captions_*.json")) + sorted(path.glob("captions_*.json"))
+    coco = sorted((folder / "annotations").glob("captions_*.json")) or sorted(folder.glob("captions_*.json"))
     if coco:
-        datasets = [_coco(file) for file in coco]
-        return CaptionDataset(path.name, path, [item for d in datasets for item in d.items])
-    raise DatasetFormatError(
-        f"{path}: no dataset found; looked for captions.txt (Kaggle Flickr8k), Flickr8k.token.txt, "
-        "one dataset_*.json (Karpathy) and captions_*.json (COCO)"
-    )
+        return _coco(coco)
+    raise DatasetFormatError(f"{folder}: no dataset found; looked for {LOOKED_FOR}")
 
 
-# Flickr8k, both layouts: a caption file read into {image name: captions}, then the split lists.
+# Shared checks.
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM some Windows tools write
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"{file}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+
+
+def _lines(file: Path):
+    """(1-based line number, text) for each non-blank line."""
+    # split("\n"), not splitlines(): a caption may hold other Unicode line separators.
+    for line, text in enumerate(_read_text(file).split("\n"), start=1):
+        if text.strip():
+            yield line, text.rstrip("\r")
+
+
+def _caption(text: str, where: str) -> str:
+    if not text.strip():
+        raise DatasetFormatError(f"{where}: empty caption")
+    return text.strip()
+
+
+def _require_items(items: list[ImageCaptions], file: Path) -> list[ImageCaptions]:
+    if not items:
+        raise DatasetFormatError(f"{file}: no captioned images")
+    return items
+
+
+# Flickr8k, both layouts: the captions file read into {image name: captions}, then the split lists.
 
 
 def _read_kaggle_csv(file: Path) -> dict[str, list[str]]:
+    rows = csv.reader(io.StringIO(_read_text(file), newline=""))
     captions: dict[str, list[str]] = {}
-    with open(file, newline="", encoding="utf-8") as f:
-        rows = csv.reader(f)
+    try:
         header = next(rows, None)
-        if header is None or [h.strip() for h in header] != ["image", "caption"]:
+        if header is None or [cell.strip() for cell in header] != ["image", "caption"]:
             raise DatasetFormatError(f"{file}:1: expected the header 'image,caption', found {header!r}")
-        for line, row in enumerate(rows, start=2):
+        for row in rows:
+            where = f"{file}:{rows.line_num}"  # the row's last line, if a quoted caption spans several
             if not row:
                 continue
-            if len(row) < 2 or not row[0].strip() or not ",".join(row[1:]).strip():
-                raise DatasetFormatError(f"{file}:{line}: expected 'image,caption', found {row!r}")
-            captions.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+            if not row[0].strip():
+                raise DatasetFormatError(f"{where}: missing image name")
+            if len(row) < 2:
+                raise DatasetFormatError(f"{where}: missing caption (expected 'image,caption')")
+            # An unquoted comma splits a caption into several fields: join them back.
+            captions.setdefault(row[0].strip(), []).append(_caption(",".join(row[1:]), where))
+    except csv.Error as error:
+        raise DatasetFormatError(f"{file}:{rows.line_num}: {error}") from error
     return captions
 
 
-_TOKEN_LINE = re.compile(r"^(?P<image>[^#\t]+)#\d+\t(?P<caption>.*\S.*)$")
+_TOKEN_LINE = re.compile(r"(?P<image>[^\t#]+)#\d+\t(?P<caption>.*)")
 
 
 def _read_token_file(file: Path) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
-    with open(file, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            match = _TOKEN_LINE.match(text.rstrip("\n"))
-            if not match:
-                raise DatasetFormatError(f"{file}:{line}: expected 'image.jpg#N<TAB>caption', found {text.strip()!r}")
-            captions.setdefault(match["image"].strip(), []).append(match["caption"].strip())
+    for line, text in _lines(file):
+        match = _TOKEN_LINE.fullmatch(text)
+        if not match:
+            raise DatasetFormatError(f"{file}:{line}: expected 'image.jpg#N<TAB>caption', found {text!r}")
+        captions.setdefault(match["image"].strip(), []).append(_caption(match["caption"], f"{file}:{line}"))
     return captions
 
 
-def _flickr(root: Path, caption_file: Path, read, image_dir: Path) -> CaptionDataset:
-    try:
-        captions = read(caption_file)
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"{caption_file}: not UTF-8 text ({error})") from error
-    if not captions:
-        raise DatasetFormatError(f"{caption_file}: no captions")
-    split_of = _read_split_files(root, captions)
+FLICKR_READERS = {"captions.txt": _read_kaggle_csv, "Flickr8k.token.txt": _read_token_file}
+
+
+def _flickr(caption_file: Path) -> CaptionDataset:
+    root = caption_file.parent
+    captions = FLICKR_READERS[caption_file.name](caption_file)
+    split_of = _flickr_splits(root, captions)
+    image_dir = next((root / d for d in FLICKR_IMAGE_DIRS if (root / d).is_dir()), root / "Images")
     items = [
-        ImageCaptions(image_dir / name, tuple(texts), split_of(name))
+        ImageCaptions(image_dir / name, tuple(texts), split_of[name])
         for name, texts in captions.items()
-        if split_of(name)
+        if name in split_of
     ]
-    return _non_empty(CaptionDataset(root.name, root, items), caption_file)
+    return CaptionDataset(root.name, root, _require_items(items, caption_file))
 
 
-def _read_split_files(root: Path, captions: dict[str, list[str]]):
-    """name -> split; without split files every image is in `test`, with them unlisted images are left out."""
-    present = {split: root / file for split, file in FLICKR_SPLIT_FILES.items() if (root / file).is_file()}
-    if not present:
-        return lambda name: "test"
-    split_by_name = {}
-    for split, file in present.items():
-        for line, name in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            name = name.strip()
-            if not name:
-                continue
+def _flickr_splits(root: Path, captions: dict[str, list[str]]) -> dict[str, str]:
+    """Image name -> split, from the split files present; without any, every image is in `test`."""
+    files = {split: root / name for split, name in FLICKR_SPLIT_FILES.items() if (root / name).is_file()}
+    if not files:
+        return dict.fromkeys(captions, "test")
+    split_of: dict[str, str] = {}
+    for split, file in files.items():
+        for line, text in _lines(file):
+            name = text.strip()
             if name not in captions:
                 raise DatasetFormatError(f"{file}:{line}: image {name!r} has no captions")
-            split_by_name[name] = split
-    return split_by_name.get
+            if split_of.setdefault(name, split) != split:  # an image in two splits would leak into evaluation
+                raise DatasetFormatError(f"{file}:{line}: image {name!r} is already in the {split_of[name]} split")
+    return split_of
 
 
 # JSON formats.
 
 
-def _read_json(file: Path):
+def _read_json(file: Path) -> dict:
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(file))
     except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{file}:{error.lineno}: invalid JSON: {error.msg}") from error
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"{file}: not UTF-8 text ({error})") from error
+        raise DatasetFormatError(f"{file}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from error
+    if not isinstance(data, dict):
+        raise DatasetFormatError(f"{file}: expected a JSON object at the top level")
+    return data
 
 
-def _coco(file: Path) -> CaptionDataset:
-    data = _read_json(file)
+def _field(record, key: str, kind: type | tuple[type, ...], where: str):
+    """record[key], checked to be of `kind`; `where` names the file and record in the error."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if not isinstance(value, kind):
+        raise DatasetFormatError(f"{where}: missing or malformed {key!r}")
+    return value
+
+
+def _caption_field(record, key: str, where: str) -> str:
+    return _caption(_field(record, key, str, where), where)
+
+
+def _coco(files: list[Path]) -> CaptionDataset:
+    root = files[0].parent.parent if files[0].parent.name == "annotations" else files[0].parent
+    items = [item for file in files for item in _coco_items(file, root)]
+    return CaptionDataset(root.name, root, items)
+
+
+def _coco_items(file: Path, root: Path) -> list[ImageCaptions]:
     suffix = file.stem.removeprefix("captions_")  # e.g. train2014
-    split = next((s for s in ("train", "val", "test") if suffix.startswith(s)), None)
+    split = next((s for s in SPLITS if suffix.startswith(s)), None)
     if split is None:
-        raise DatasetFormatError(f"{file}: cannot tell the split from the name (captions_train*/val*/test*.json)")
-    try:
-        names = {image["id"]: image["file_name"] for image in data["images"]}
-        captions: dict[int, list[str]] = {}
-        for n, annotation in enumerate(data["annotations"]):
-            if annotation["image_id"] not in names:
-                raise DatasetFormatError(f"{file}: annotation {n} points to unknown image id {annotation['image_id']}")
-            captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
-    except (KeyError, TypeError) as error:
-        raise DatasetFormatError(f"{file}: not a COCO captions file (missing or malformed {error})") from error
-    base = file.parent.parent if file.parent.name == "annotations" else file.parent
-    image_dir = next((d for d in (base / suffix, file.parent / suffix) if d.is_dir()), file.parent)
-    items = [ImageCaptions(image_dir / names[i], tuple(texts), split) for i, texts in captions.items()]
-    return _non_empty(CaptionDataset(file.stem, base, items), file)
+        raise DatasetFormatError(f"{file}: cannot tell the split from the name (captions_train/val/test*.json)")
+    data = _read_json(file)
+    names = {}
+    for n, image in enumerate(_field(data, "images", list, str(file))):
+        where = f"{file}: images[{n}]"
+        names[_field(image, "id", (int, str), where)] = _field(image, "file_name", str, where)
+    captions: dict[int | str, list[str]] = {}
+    for n, annotation in enumerate(_field(data, "annotations", list, str(file))):
+        where = f"{file}: annotations[{n}]"
+        image_id = _field(annotation, "image_id", (int, str), where)
+        if image_id not in names:
+            raise DatasetFormatError(f"{where}: unknown image_id {image_id!r}")
+        captions.setdefault(image_id, []).append(_caption_field(annotation, "caption", where))
+    image_dir = next((d for d in (root / suffix, file.parent / suffix) if d.is_dir()), file.parent)
+    items = [ImageCaptions(image_dir / name, tuple(captions[i]), split) for i, name in names.items() if i in captions]
+    return _require_items(items, file)
+
+
+KARPATHY_LAYOUTS = (  # (root, filepath, filename) -> image path, in order of preference
+    lambda root, filepath, filename: root / "Images" / filename,
+    lambda root, filepath, filename: root / filepath / filename,
+    lambda root, filepath, filename: root / filename,
+)
 
 
 def _karpathy(file: Path) -> CaptionDataset:
     data = _read_json(file)
-    try:
-        images = data["images"]
-        root = file.parent
-
-        def image_path(image: dict) -> Path:
-            for candidate in (root / "Images" / image["filename"], root / image.get("filepath", "") / image["filename"]):
-                if candidate.exists():
-                    return candidate
-            return root / image["filename"]
-
-        items = []
-        for n, image in enumerate(images):
-            split = "train" if image["split"] == "restval" else image["split"]
-            if split not in SPLITS:
-                raise DatasetFormatError(f"{file}: image {n} ({image['filename']}) has unknown split {image['split']!r}")
-            texts = tuple(s["raw"].strip() for s in image["sentences"])
-            items.append(ImageCaptions(image_path(image), texts, split))
-    except (KeyError, TypeError) as error:
-        raise DatasetFormatError(f"{file}: not a Karpathy split file (missing or malformed {error})") from error
-    return _non_empty(CaptionDataset(str(data.get("dataset", file.stem)), root, items), file)
+    root = file.parent
+    images = _field(data, "images", list, str(file))
+    entries = [_karpathy_image(image, f"{file}: images[{n}]") for n, image in enumerate(images)]
+    layout = _karpathy_layout(root, *entries[0][:2]) if entries else KARPATHY_LAYOUTS[1]
+    items = [
+        ImageCaptions(layout(root, filepath, filename), texts, split)
+        for filepath, filename, split, texts in entries
+        if texts
+    ]
+    name = data["dataset"] if isinstance(data.get("dataset"), str) else root.name
+    return CaptionDataset(name, root, _require_items(items, file))
 
 
-def _non_empty(dataset: CaptionDataset, file: Path) -> CaptionDataset:
-    if not dataset.items:
-        raise DatasetFormatError(f"{file}: no captioned images")
-    return dataset
+def _karpathy_layout(root: Path, filepath: str, filename: str):
+    """The first layout under which this image exists, else <filepath>/<filename>.
+
+    Chosen once, on the first image: checking every image would stat 120k files for COCO.
+    """
+    return next((f for f in KARPATHY_LAYOUTS if f(root, filepath, filename).exists()), KARPATHY_LAYOUTS[1])
+
+
+def _karpathy_image(image, where: str) -> tuple[str, str, str, tuple[str, ...]]:
+    """(filepath, filename, split, captions) of one entry in a Karpathy file's image list."""
+    filename = _field(image, "filename", str, where)
+    where = f"{where} ({filename})"
+    filepath = _field(image, "filepath", str, where) if "filepath" in image else ""
+    split = KARPATHY_SPLITS.get(_field(image, "split", str, where))
+    if split is None:
+        raise DatasetFormatError(f"{where}: unknown split {image['split']!r} (expected {', '.join(KARPATHY_SPLITS)})")
+    sentences = _field(image, "sentences", list, where)
+    texts = tuple(_caption_field(s, "raw", f"{where} sentences[{k}]") for k, s in enumerate(sentences))
+    return filepath, filename, split, texts

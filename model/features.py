@@ -55,7 +55,7 @@ def _collate(batch):
 
 def _cache_key(encoder: Encoder, paths: list[Path]) -> str:
     digest = hashlib.sha256(encoder.fingerprint.encode())
-    for path in paths:
+    for path in (p.resolve() for p in paths):
         stat = path.stat() if path.exists() else None
         digest.update(f"\n{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}".encode())
     return digest.hexdigest()[:24]

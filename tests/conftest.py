@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,47 +26,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path  # the server's stdout and stderr: a file, so a chatty server never blocks on a full pipe
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 @contextmanager
 def running_server(wait_ready: bool = True, **settings):
-    """uvicorn app.main:app in a subprocess, CAPTIONER_* settings from keyword arguments."""
-    port = free_port()
-    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(WEIGHTS), "CAPTIONER_DEVICE": "cpu"}
+    """uvicorn app.main:app in a subprocess on a free port, CAPTIONER_* settings from keyword arguments."""
+    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(WEIGHTS)}
     env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if wait_ready:
-            wait_until_ready(url, process)
-        yield url, process
-    finally:
-        process.terminate()
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="captioner-server-") as folder:
+        log = Path(folder) / "server.log"
+        with log.open("w") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-access-log"],  # the app logs its own JSON line per request
+                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        server = Server(f"http://127.0.0.1:{port}", process, log)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            if wait_ready:
+                wait_until_ready(server)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_until_ready(server: Server, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}: {server.output()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+    raise TimeoutError(f"{server.url} not ready after {timeout} s: {server.output()}")
 
 
 @pytest.fixture(scope="session")
-def server():
-    with running_server() as (url, _):
-        yield url
+def served():
+    """The server with default settings, shared by the whole session."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(served) -> str:
+    return served.url
 
 
 def scene(size=(320, 240), colour="red") -> Image.Image:

@@ -7,7 +7,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 import time
 import zlib
 from urllib.parse import urlparse
@@ -113,36 +112,34 @@ def test_missing_image_field_gets_422(server):
     assert response.status_code == 422
 
 
+def send_raw(url: str, request: bytes, chunks=()) -> tuple[str, dict]:
+    """Send a request head and body chunks over a plain socket; return the status line and the JSON body."""
+    address = urlparse(url)
+    reply = b""
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(request)
+        for chunk in chunks:
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        while not re.search(rb"\r\n\r\n\{.*\}$", reply, re.S):  # the error bodies are one JSON object
+            try:
+                data = connection.recv(4096)
+            except ConnectionResetError:  # the server closed with some of our body unread; what came is kept
+                break
+            if not data:
+                break
+            reply += data
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    return head.split("\r\n")[0], json.loads(body)
+
+
 def test_huge_declared_body_is_refused_before_it_is_sent(server):
     """Content-Length of 100 MB: the answer comes without the server reading any of it."""
-    address = urlparse(server)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
-        connection.sendall(
-            b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 100000000\r\n\r\n"
-        )
-        started = time.time()
-        reply = connection.recv(4096).decode()
-    assert reply.startswith("HTTP/1.1 413")
-    assert json.loads(reply.split("\r\n\r\n", 1)[1])["detail"].startswith("request body over the limit")
+    started = time.time()
+    status, body = send_raw(server, b"POST /v1/captions HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n")
+    assert status == "HTTP/1.1 413 Request Entity Too Large"
+    assert body == {"detail": "request body over the limit of 10485760 bytes"}
     assert time.time() - started < 5
-
-
-def test_streamed_body_over_the_limit_is_cut_off():
-    """No Content-Length (chunked): the limit is counted while the body streams in."""
-    with running_server(max_upload_bytes=50_000) as (url, _):
-        def chunks():
-            yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n"
-            for _ in range(100):
-                yield b"\0" * 10_000
-        try:
-            response = httpx.post(f"{url}/v1/captions", content=chunks(),
-                                  headers={"Content-Type": "multipart/form-data; boundary=b"}, timeout=30)
-            assert response.status_code == 413
-        except (httpx.WriteError, httpx.RemoteProtocolError):
-            pass  # the server may close the connection before the client has finished sending
-        small = post(url, encoded(scene(), "JPEG"))
-        assert small.status_code == 200  # and it keeps serving
 
 
 def test_errors_never_stop_the_service(server):
@@ -201,51 +198,85 @@ def test_health_metrics_docs_and_page(server):
     assert httpx.get(f"{server}/no-such-page").status_code == 404
 
 
-def test_readyz_flips_from_503_to_200():
-    with running_server(wait_ready=False) as (url, process):
-        seen = []
+def test_one_json_log_line_per_request(served):
+    post(served.url, encoded(scene(), "PNG"))
+    post(served.url, b"not an image")
+    time.sleep(0.2)  # the log line is written after the response
+    lines = [json.loads(line) for line in served.output().splitlines() if line.startswith("{")]
+    captions = [line for line in lines if line["route"] == "/v1/captions"]
+    assert {"route": "/v1/captions", "method": "POST", "status": 200}.items() <= captions[-2].items()
+    assert captions[-2]["batch_size"] >= 1 and captions[-2]["ms"] > 0
+    assert captions[-1]["status"] == 415 and "batch_size" not in captions[-1]
+
+
+@pytest.fixture(scope="module")
+def limited_start():
+    """One server for the tests that need small limits, and the readyz answers polled from its very start."""
+    with running_server(wait_ready=False, max_upload_bytes=50_000, queue_limit=2, max_batch_size=1,
+                        max_batch_wait_ms=0) as server:
+        readyz_seen = []
         deadline = time.time() + 120
-        while time.time() < deadline and 200 not in seen:
+        while time.time() < deadline and 200 not in readyz_seen:
             try:
-                seen.append(httpx.get(f"{url}/readyz", timeout=1).status_code)
+                readyz_seen.append(httpx.get(f"{server.url}/readyz", timeout=1).status_code)
             except httpx.TransportError:
-                pass
+                pass  # not listening yet
             time.sleep(0.02)
-        assert seen[0] == 503 and seen[-1] == 200
-        assert httpx.get(f"{url}/healthz").status_code == 200
+        yield server, readyz_seen
 
 
-def test_overload_gets_503_with_retry_after_then_recovers():
-    with running_server(queue_limit=2, max_batch_size=1, max_batch_wait_ms=0) as (url, _):
-        data = encoded(scene(), "JPEG")
+@pytest.fixture
+def limited(limited_start):
+    return limited_start[0]
 
-        async def burst():
-            async with httpx.AsyncClient(timeout=120) as client:
-                return await asyncio.gather(*[
-                    client.post(f"{url}/v1/captions", params={"beam_size": 10, "max_length": 50},
-                                files={"image": ("x.jpg", data, "image/jpeg")})
-                    for _ in range(24)
-                ])
 
-        responses = asyncio.run(burst())
-        statuses = [r.status_code for r in responses]
-        assert set(statuses) == {200, 503}
-        refused = [r for r in responses if r.status_code == 503]
-        assert all(r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"] for r in refused)
-        assert post(url, data).status_code == 200
+def test_readyz_is_503_until_the_model_is_warm(limited_start):
+    _, readyz_seen = limited_start
+    assert readyz_seen[0] == 503 and readyz_seen[-1] == 200
+    assert set(readyz_seen) == {503, 200}
+
+
+def test_streamed_body_over_the_limit_is_cut_off(limited):
+    """No Content-Length (chunked): the bytes are counted as they stream in, and the 413 comes while
+    the client is still sending (the body is never finished here)."""
+    head = (b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+    part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    status, body = send_raw(limited.url, head, [part] + [b"\0" * 10_000] * 6)
+    assert status == "HTTP/1.1 413 Request Entity Too Large"
+    assert body == {"detail": "request body over the limit of 50000 bytes"}
+    assert post(limited.url, encoded(scene(), "JPEG")).status_code == 200  # and it keeps serving
+
+
+def test_overload_gets_503_with_retry_after_then_recovers(limited):
+    data = encoded(scene(), "JPEG")
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[
+                client.post(f"{limited.url}/v1/captions", params={"beam_size": 10, "max_length": 50},
+                            files={"image": ("x.jpg", data, "image/jpeg")})
+                for _ in range(24)
+            ])
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} == {200, 503}
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"] for r in refused)
+    assert post(limited.url, data).status_code == 200
 
 
 def test_timeout_gets_504_and_the_service_goes_on():
-    with running_server(request_timeout_s=0.001) as (url, _):
-        response = post(url, encoded(scene(), "JPEG"), beam_size=10, max_length=50)
-        assert response.status_code == 504
-        assert "no caption within" in response.json()["detail"]
-        assert httpx.get(f"{url}/v1/model").status_code == 200
-        assert httpx.get(f"{url}/healthz").status_code == 200
+    with running_server(request_timeout_s=0.001) as server:
+        for _ in range(2):  # the worker goes on after a request it abandoned
+            response = post(server.url, encoded(scene(), "JPEG"), beam_size=10, max_length=50)
+            assert response.status_code == 504
+            assert response.json() == {"detail": "no caption within 0.001 s"}
+        assert httpx.get(f"{server.url}/v1/model").status_code == 200
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete"])
-def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, monkeypatch):
+def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage):
     copy = tmp_path / "weights"
     shutil.copytree(WEIGHTS, copy)
     target = copy / "decoder.safetensors"
@@ -255,9 +286,9 @@ def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, monkeypatc
         target.write_bytes(bytes(data))
     else:
         target.unlink()
-    monkeypatch.setattr("tests.conftest.WEIGHTS", copy)
-    with running_server(wait_ready=False) as (_, process):
-        output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert "refusing to start" in output
-    assert ("does not match its manifest" if damage == "flip" else "is missing") in output
+    with running_server(wait_ready=False, weights_dir=copy) as server:
+        assert server.process.wait(timeout=120) != 0
+        [message] = [line for line in server.output().splitlines() if "refusing to start" in line]
+        assert "Traceback" not in server.output()
+    assert str(target) in message
+    assert ("does not match its manifest" if damage == "flip" else "is missing") in message

@@ -31,6 +31,12 @@ drop.addEventListener("drop", (event) => {
   if (event.dataTransfer.files[0]) choose(event.dataTransfer.files[0]);
 });
 
+// FastAPI's 422 body lists the invalid fields; the service's own errors are one sentence.
+function describeError(detail) {
+  if (Array.isArray(detail)) return detail.map((d) => `${d.loc.at(-1)}: ${d.msg}`).join("; ");
+  return String(detail);
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   if (!chosen) return;
@@ -42,20 +48,21 @@ form.addEventListener("submit", async (event) => {
   showStatus("Captioning…");
   try {
     const response = await fetch(`/v1/captions?beam_size=${beam}&num_captions=${count}`, { method: "POST", body });
-    const data = await response.json();
+    const data = await response.json().catch(() => ({ detail: response.statusText }));
     if (!response.ok) {
-      const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
-      showStatus(`Error ${response.status}: ${detail}`, true);
+      showStatus(`Error ${response.status}: ${describeError(data.detail)}`, true);
       return;
     }
     list.replaceChildren(...data.captions.map((caption) => {
       const item = document.createElement("li");
       item.className = "caption";
-      item.textContent = caption.text;
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = caption.text;
       const score = document.createElement("span");
       score.className = "score";
       score.textContent = `log p = ${caption.log_prob.toFixed(2)}`;
-      item.append(score);
+      item.append(text, score);
       return item;
     }));
     showStatus(`${data.model}, ${data.elapsed_ms.toFixed(0)} ms`);

@@ -1,0 +1,140 @@
+"""Training end to end on a small synthetic set: it learns, resumes exactly, and runs under DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model import Captioner
+from model.data import load_dataset
+from model.synthetic import load_scenes
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    data = root / "data"
+    result = run("-m", "model.synthetic", "--out", str(data), "--n", "400", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    return root, data
+
+
+def train(root, data, out, *extra):
+    return run("-m", "model.train", "--data", str(data), "--out", str(out), "--cache-dir", str(root / "cache"),
+               "--hidden-dim", "128", "--embed-dim", "64", "--min-count", "1", "--batch-size", "64", "--lr", "5e-3",
+               "--workers", "0", *extra, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    root, data = synthetic
+    out = root / "run"
+    started = time.time()
+    result = train(root, data, out, "--epochs", "8", "--patience", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result, time.time() - started
+
+
+def test_loss_falls_and_each_epoch_is_logged(trained):
+    out, result, seconds = trained
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, 9))
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    assert log[-1]["val_CIDEr"] > log[0]["val_CIDEr"]
+    assert "val CIDEr" in result.stdout and "test:" in result.stdout
+
+
+def test_a_held_out_scene_gets_a_sensible_caption(trained, synthetic):
+    out, _, _ = trained
+    _, data = synthetic
+    captioner = Captioner.load(out / "best", "cpu")
+    test_items = load_dataset(data).split("test")
+    scenes = load_scenes(data)
+    from PIL import Image
+
+    item = test_items[0]
+    [[(caption, log_prob)]] = captioner.caption([Image.open(item.image_path)], beam_size=3)
+    scene = scenes[item.image_path.name]
+    assert scene["background"] in caption.split()
+    assert any(obj["shape"] in caption.split() for obj in scene["objects"])
+    assert log_prob < 0
+
+
+def test_manifest_records_data_scores_and_hashes(trained):
+    out, _, _ = trained
+    manifest = json.loads((out / "best" / "manifest.json").read_text())
+    assert manifest["training"]["data"].startswith("synthetic")
+    assert "synthetic" in manifest["note"]
+    assert set(manifest["scores"]["test"]) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}
+    assert manifest["encoder"]["name"] == "efficientnet-lite0"
+
+
+def decoder_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["decoder"]
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
+    root, data = synthetic
+    full, interrupted = tmp_path / "full", tmp_path / "interrupted"
+    assert train(root, data, full, "--epochs", "3").returncode == 0
+
+    command = [sys.executable, "-m", "model.train", "--data", str(data), "--out", str(interrupted),
+               "--cache-dir", str(root / "cache"), "--hidden-dim", "128", "--embed-dim", "64", "--min-count", "1",
+               "--batch-size", "64", "--lr", "5e-3", "--workers", "0", "--epochs", "3"]
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (interrupted / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (interrupted / "checkpoint.pt").exists()
+    torch.load(interrupted / "checkpoint.pt", weights_only=True)  # the checkpoint is whole
+
+    resumed = train(root, data, interrupted, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    a, b = decoder_weights(full / "checkpoint.pt"), decoder_weights(interrupted / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [json.loads(l)["loss"] for l in (full / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(l)["loss"] for l in (interrupted / "log.jsonl").read_text().splitlines()]
+    assert log_a == log_b[-len(log_a):]
+
+
+def test_unwritable_output_fails_before_training(synthetic, tmp_path):
+    root, data = synthetic
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = train(root, data, blocker / "run", "--epochs", "1")
+    assert result.returncode != 0
+    assert "cannot write to" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ddp_on_two_cpu_processes(synthetic, tmp_path):
+    root, data = synthetic
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "model.train",
+         "--data", str(data), "--out", str(out), "--cache-dir", str(root / "cache"), "--hidden-dim", "64",
+         "--embed-dim", "32", "--min-count", "1", "--batch-size", "64", "--workers", "0", "--epochs", "2",
+         "--device", "cpu"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and log[1]["loss"] < log[0]["loss"]
+    assert log[0]["world_size"] == 2
+    assert (out / "best" / "manifest.json").is_file()

@@ -1,0 +1,71 @@
+"""The web page in real headless Chromium (Debian's): pick an image, see captions and their scores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import scene
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: apt-get install chromium (make test does)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page()
+    page.goto(server + "/")
+    yield page
+    page.close()
+
+
+def test_upload_shows_captions_and_scores(page, tmp_path):
+    image_path = tmp_path / "scene.png"
+    scene(colour="green").save(image_path)
+    assert page.title() == "captioner"
+    page.set_input_files("#file", str(image_path))
+    assert page.locator("#preview").is_visible()
+    page.fill("#beam", "4")
+    page.fill("#count", "2")
+    page.click("#submit")
+    page.wait_for_selector("#captions li.caption", timeout=30_000)
+    captions = page.locator("#captions li.caption .text")
+    assert captions.count() == 2
+    assert all(text.strip() for text in captions.all_inner_texts())
+    assert "log p = -" in page.locator("#captions .score").first.inner_text()
+    assert "captioner-" in page.locator("#status").inner_text()
+
+
+def test_model_note_is_shown_when_the_manifest_has_one(page, server):
+    note = httpx.get(f"{server}/v1/model").json()["note"]
+    if note is None:
+        assert page.locator("#model-note").is_hidden()
+    else:
+        page.wait_for_selector("#model-note:not([hidden])", timeout=10_000)
+        assert page.locator("#model-note").inner_text() == note
+
+
+def test_a_4xx_is_shown_as_an_error(page, tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a picture")
+    page.set_input_files("#file", str(text_file))
+    page.click("#submit")
+    page.wait_for_selector("#status.error", timeout=30_000)
+    assert page.locator("#status").inner_text().startswith("Error 415: not an image")
