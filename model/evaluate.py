@@ -38,7 +38,8 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     scores["METEOR"] = Meteor().compute_score(gts, res)[0] if meteor and shutil.which("java") else None
     scores["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
     scores["CIDEr"] = Cider().compute_score(gts, res)[0]
-    return {name: scores[name] for name in METRICS}
+    # Plain floats: numpy scalars would not survive JSON, nor torch.load(weights_only=True) of a checkpoint.
+    return {name: None if scores[name] is None else float(scores[name]) for name in METRICS}
 
 
 def caption_items(

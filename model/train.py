@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import random
 import shutil
 import sys
 import time
@@ -144,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     checkpoint_path = args.out / CHECKPOINT
     checkpoint = None
+    if not args.resume and checkpoint_path.exists():
+        raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it, or choose another --out")
     if args.resume:
         if not checkpoint_path.is_file():
             raise SystemExit(f"error: --resume: no checkpoint at {checkpoint_path}")
@@ -151,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in RUN_SETTINGS:
             setattr(args, name, checkpoint["args"][name])
     check_writable(args.out)
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    check_writable(args.cache_dir)  # else a full disk shows only after extracting every image's features
+    if is_main:
+        for unfinished in args.out.glob(f".{CHECKPOINT}.*.tmp"):  # a save cut short by a kill: never a checkpoint
+            unfinished.unlink()
 
     try:
         dataset = load_dataset(args.data)
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     features = table.features.to(device)  # [N_images, D]
 
     config = DecoderConfig(len(vocab), encoder.feature_dim, args.embed_dim, args.hidden_dim, args.dropout, vocab.pad_id)
+    torch.manual_seed(args.seed)  # here, after feature extraction, whose data loader draws from the same generator
     decoder = Decoder(config).to(device)
     sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     loader = DataLoader(pairs, batch_size=args.batch_size, sampler=sampler, drop_last=False)
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_cider, stale_epochs = checkpoint["epoch"] + 1, checkpoint["best_cider"], checkpoint["stale_epochs"]
+        if stale_epochs >= args.patience:  # it had stopped early and was killed while finishing: only finish
+            start_epoch = args.epochs
         history = checkpoint["history"]
         torch.set_rng_state(checkpoint["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in checkpoint:
@@ -314,7 +320,8 @@ def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: flo
         full = verify(best)
         full["scores"]["test"] = {**scores, "split": "test", "beam_size": args.val_beam_size}
         full["training"]["seconds"] = round(seconds, 1)
-        (best / "manifest.json").write_text(json.dumps(full, indent=2) + "\n")
+        # atomic: a kill here must not leave best/ with half a manifest, which would refuse to load for good
+        atomic_write(best / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
     if args.export:
         shutil.copytree(best, args.export, dirs_exist_ok=True)

@@ -106,11 +106,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
     resumed = train(root, data, interrupted, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
+    log_a = [json.loads(line)["loss"] for line in (full / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line)["loss"] for line in (interrupted / "log.jsonl").read_text().splitlines()]
+    assert log_a == log_b
     a, b = decoder_weights(full / "checkpoint.pt"), decoder_weights(interrupted / "checkpoint.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    log_a = [json.loads(l)["loss"] for l in (full / "log.jsonl").read_text().splitlines()]
-    log_b = [json.loads(l)["loss"] for l in (interrupted / "log.jsonl").read_text().splitlines()]
-    assert log_a == log_b[-len(log_a):]
 
 
 def test_unwritable_output_fails_before_training(synthetic, tmp_path):
@@ -138,3 +138,13 @@ def test_ddp_on_two_cpu_processes(synthetic, tmp_path):
     assert len(log) == 2 and log[1]["loss"] < log[0]["loss"]
     assert log[0]["world_size"] == 2
     assert (out / "best" / "manifest.json").is_file()
+
+
+def test_a_fresh_run_refuses_to_overwrite_an_existing_one(trained, synthetic):
+    out, _, _ = trained
+    root, data = synthetic
+    before = (out / "checkpoint.pt").read_bytes()
+    result = train(root, data, out, "--epochs", "1")
+    assert result.returncode != 0
+    assert "already holds a run; pass --resume" in result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
