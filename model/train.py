@@ -276,6 +276,7 @@ def manifest(args: argparse.Namespace, data_name: str, encoder, record: dict, st
         "training": {
             "data": "synthetic scenes (python -m model.synthetic)" if synthetic else data_name,
             "split": "train",
+            "command": " ".join(["python -m model.train", *sys.argv[1:]]),
             "best_epoch": record["epoch"],
             "seconds": round(time.time() - started, 1),
             "settings": {name: getattr(args, name) for name in RUN_SETTINGS if name != "data"},
