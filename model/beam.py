@@ -44,7 +44,8 @@ def beam_search(
     V = decoder.config.vocab_size
     device = features.device
 
-    state = decoder.start(features.repeat_interleave(K, dim=0))  # rows b * K + k
+    # W_ih v once per image, then copied to its K beams: rows b * K + k
+    state = tuple(part.repeat_interleave(K, dim=0) for part in decoder.start(features))
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
     scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
