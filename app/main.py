@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from app.batcher import Batcher, Params
 from app.images import limit_pixels
 from app.metrics import Metrics
-from app.middleware import AccessLog, BodySizeLimit
+from app.middleware import AccessLog, BodySizeLimit, BodyTimeout
 from app.routes import STATIC, router
 from app.settings import Settings
 from model import Captioner
@@ -79,12 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.decode_slots = asyncio.Semaphore(settings.decode_concurrency)
     app.state.captioner = None
     app.state.batcher = None
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(AccessLog, metrics=app.state.metrics)
     return app
 

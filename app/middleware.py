@@ -1,6 +1,7 @@
-"""Pure ASGI middleware: the upload size limit, and one log line plus metrics per request."""
+"""Pure ASGI middleware: the upload size and time limits, and one log line plus metrics per request."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -45,6 +46,46 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class BodyTimedOut(HTTPException):
+    """Raised from inside the body read, like BodyTooLarge, so that FastAPI passes it on as 408."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(408, f"request body not received within {timeout_s} s", headers={"Connection": "close"})
+
+
+class BodyTimeout:
+    """408 when the whole body has not arrived within timeout_s of the request head.
+
+    A client that trickles its upload (slowloris) would otherwise hold its connection, and what it
+    has sent so far, for as long as it likes: uvicorn has no body read timeout of its own. The
+    deadline covers the whole body rather than each read, so sending a byte now and then does not
+    extend it. Once the body is complete, reads pass straight through (e.g. waiting for disconnect)."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        body_complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_complete
+            if body_complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
+                raise BodyTimedOut(self.timeout_s) from None
+            body_complete = not message.get("more_body", False)  # a disconnect ends the body too
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 class AccessLog:

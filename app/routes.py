@@ -48,6 +48,7 @@ def get_captioner(request: Request) -> Captioner:
 
 ERRORS = {
     400: {"model": Error, "description": "corrupt or truncated image"},
+    408: {"model": Error, "description": "the upload did not arrive within the body timeout"},
     413: {"model": Error, "description": "upload or image too large"},
     415: {"model": Error, "description": "not an image in a supported format"},
     422: {"model": Error, "description": "invalid parameters"},
@@ -72,7 +73,10 @@ async def create_captions(
         raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({beam_size})")
     data = await image.read()
     try:
-        picture = await run_in_threadpool(decode_image, data, settings.max_pixels)
+        # A few at a time: decoding a 40-megapixel image briefly takes a few hundred MB, and the
+        # threadpool would otherwise run 40 at once.
+        async with request.app.state.decode_slots:
+            picture = await run_in_threadpool(decode_image, data, settings.max_pixels)
     except ImageRejected as rejected:
         raise HTTPException(rejected.status_code, rejected.detail) from None
     try:

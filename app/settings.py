@@ -15,7 +15,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
+    decode_concurrency: int = Field(2, ge=1)
     max_batch_size: int = Field(16, ge=1)
     max_batch_wait_ms: float = Field(5.0, ge=0)
     queue_limit: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)

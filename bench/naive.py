@@ -1,14 +1,39 @@
-"""The naive baseline the benchmarks compare against, the way the popular tutorials caption:
-one image at a time, eager fp32 CNN on a fresh NCHW tensor, and beam search as a Python loop
-over the beams of that one image, one decoder step per beam. Same weights, same answers
-(up to ties), no batching of anything.
+"""The naive baselines the benchmarks compare against, the way the popular tutorials do it.
+
+naive_caption: one image at a time, eager fp32 CNN on a fresh NCHW tensor, and beam search as a
+Python loop over the beams of that one image, one decoder step per beam. Same weights, same
+answers (up to ties), no batching of anything. Give it naive_captioner(captioner): NCHW weights.
+
+naive_features: feature extraction one image at a time, the same eager fp32 CNN call, with an
+encoder from naive_encoder.
+
+FusedLSTMDecoder: the decoder trained as one nn.LSTM over the inputs [x_t ; v], which recomputes
+W_ih v at every step (model/decoder.py computes it once per sentence); trained in fp32.
 """
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import torch
+import torch.nn as nn
 from PIL import Image
 
 from model.captioner import Captioner
+from model.decoder import DecoderConfig
+from model.encoder import Encoder
+
+
+def naive_encoder(encoder: Encoder) -> Encoder:
+    """A copy with the CNN weights in PyTorch's default NCHW layout. The service's are channels-last
+    (model.encoder.build_encoder), and a convolution follows its weights' layout: with those, an NCHW
+    input alone would still run channels-last."""
+    return copy.deepcopy(encoder).to(memory_format=torch.contiguous_format)
+
+
+def naive_captioner(captioner: Captioner) -> Captioner:
+    """The same model with an NCHW CNN (naive_encoder), for naive_caption."""
+    return Captioner(naive_encoder(captioner.encoder), captioner.decoder, captioner.vocab, captioner.manifest)
 
 
 @torch.inference_mode()
@@ -41,3 +66,32 @@ def naive_caption(captioner: Captioner, image: Image.Image, beam_size: int = 3, 
     finished += [(words, log_prob) for words, log_prob, _, _ in beams]
     words, log_prob = max(finished, key=lambda f: f[1])
     return vocab.decode(words), log_prob
+
+
+@torch.inference_mode()
+def naive_features(encoder: Encoder, paths: list[Path]) -> torch.Tensor:
+    """Pooled CNN features [N, D] of the images at `paths`, one image per CNN call."""
+    device = next(encoder.parameters()).device
+    rows = []
+    for path in paths:
+        with Image.open(path) as image:
+            rows.append(encoder.trunk(encoder.transform(image.convert("RGB"))[None].to(device)))  # [1, D]
+    return torch.cat(rows)
+
+
+class FusedLSTMDecoder(nn.Module):
+    """model.decoder.Decoder's model and forward signature, as one nn.LSTM over [x_t ; v]."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=config.pad_id)
+        self.lstm = nn.LSTM(config.embed_dim + config.feature_dim, config.hidden_dim, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(config.hidden_dim, config.vocab_size)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """features [B, D], tokens [B, T] -> logits [B, T-1, V] predicting tokens[:, 1:]."""
+        words = self.dropout(self.embed(tokens[:, :-1]))  # [B, T-1, E]
+        image = self.dropout(features)[:, None, :].expand(-1, words.size(1), -1)  # [B, T-1, D]: v at every step
+        hidden, _ = self.lstm(torch.cat([words, image], dim=2))  # [B, T-1, H]
+        return self.out(self.dropout(hidden))

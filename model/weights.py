@@ -66,6 +66,11 @@ def verify(directory: str | Path) -> dict:
                 f"{path} does not match its manifest (sha256 {actual[:16]}..., expected {str(sha256)[:16]}...): "
                 "the file is corrupt or was changed; restore it or retrain"
             )
+    model_id = f"captioner-{expected[DECODER_FILE][:12]}"
+    if manifest.get("model_id") != model_id:  # every caption is labelled with it: it must name these weights
+        raise WeightsError(
+            f"{directory / MANIFEST_FILE}: model_id {manifest.get('model_id')!r} is not that of {DECODER_FILE} ({model_id})"
+        )
     return manifest
 
 

@@ -1,0 +1,292 @@
+"""Shared by the benchmark scripts: a real server in a subprocess, the test photo, concurrent HTTP
+clients, /metrics deltas, percentiles, the naive baseline's timing loop, tables and the JSON file."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.images import decode_image
+from app.settings import Settings
+from bench.naive import naive_caption, naive_captioner
+from model import Captioner
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+MAX_PIXELS = Settings.model_fields["max_pixels"].default  # what the server checks uploads against
+
+
+# ---------------------------------------------------------------- command line, output
+
+
+def parser(name: str, description: str, *, weights: bool) -> argparse.ArgumentParser:
+    """Where the JSON goes, and for the scripts that caption (weights=True) which weights they load."""
+    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if weights:
+        p.add_argument("--weights", type=Path, default=ROOT / "weights", help="weights folder (default: weights)")
+    p.add_argument("--json", type=Path, default=RESULTS / f"{name}.json",
+                   help=f"results file (default: bench/results/{name}.json)")
+    return p
+
+
+def positive(text: str) -> int:
+    """argparse type: counts of requests, clients and images must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform.processor() says what it can
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        # at the end of the run: what else ran on these CPUs (a 1-minute figure near cpu_count means contention)
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    print(f"\nwrote {path}")
+
+
+def print_table(title: str, headers: list[str], rows: list[list]) -> None:
+    """A plain-text table: first column left-aligned, numbers right-aligned (one decimal; two below 1)."""
+    cells = [[(f"{c:.2f}" if abs(c) < 1 else f"{c:.1f}") if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    for row in cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+# ---------------------------------------------------------------- timing
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2), "p99_ms": round(float(p99), 2)}
+
+
+def repeat_timed(call: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls, after one untimed call (first-call allocations, lazy imports)."""
+    call()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def naive_seconds(captioner: Captioner, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
+    """The naive baseline per image: the service's own PIL decode, then bench.naive.naive_caption
+    on an NCHW copy of the model."""
+    naive = naive_captioner(captioner)
+    return repeat_timed(lambda: naive_caption(naive, decode_image(jpeg, MAX_PIXELS), beam_size), repeats)
+
+
+# ---------------------------------------------------------------- the test photo
+
+
+def photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """A camera-sized JPEG with what makes photos cost what they cost to decode: gradients, edges,
+    texture (a flat synthetic scene would compress to almost nothing)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    sky = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 160)], axis=-1)
+    noise = rng.normal(0, 18, (height, width, 3))
+    image = Image.fromarray(np.clip(sky + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, width - 80)), int(rng.integers(0, height - 80))
+        size = int(rng.integers(30, 160))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x0, y0, x0 + size, y0 + size * 3 // 4], fill=colour, outline=(0, 0, 0), width=2)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the server
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path  # stdout and stderr: a file, so a chatty server never blocks on a full pipe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(weights: Path, **settings) -> Iterator[Server]:
+    """uvicorn app.main:app in a subprocess on a free port, ready to caption; CAPTIONER_* settings from
+    keyword arguments (those already in the environment pass through, so they can be tried from the shell)."""
+    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(Path(weights).resolve())}
+    env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="captioner-bench-") as folder:
+        log = Path(folder) / "server.log"
+        with log.open("w") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-access-log"],
+                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        server = Server(f"http://127.0.0.1:{port}", process, log)
+        try:
+            wait_until_ready(server)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_ready(server: Server, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{server.url} not ready after {timeout_s} s:\n{server.log.read_text()}")
+
+
+def server_settings() -> dict:
+    """The settings that shape batching, as the server reads them from the same environment."""
+    settings = Settings()
+    return {"max_batch_size": settings.max_batch_size, "max_batch_wait_ms": settings.max_batch_wait_ms}
+
+
+def in_process_captioner(weights: Path) -> Captioner:
+    """The model as the server loads it, on the device it picks, for timings in this process."""
+    return Captioner.load(weights, Settings().device)
+
+
+def model_summary(captioner: Captioner) -> dict:
+    """Which weights were timed: the decoder's size decides the beam search's cost."""
+    config = captioner.decoder.config
+    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim}
+
+
+def histogram_totals(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of every histogram series on /metrics, keyed 'name' or 'name:label value'
+    (e.g. 'captioner_batch_size', 'captioner_stage_seconds:cnn')."""
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        if family.type != "histogram":
+            continue
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(family.name)
+            if suffix in ("_sum", "_count"):
+                key = ":".join([family.name, *sample.labels.values()])
+                totals.setdefault(key, [0.0, 0.0])[suffix == "_count"] = sample.value
+    return {key: (total, count) for key, (total, count) in totals.items()}
+
+
+def mean_between(before: dict, after: dict, key: str) -> float | None:
+    """Mean of the observations a histogram got between two histogram_totals snapshots."""
+    total = after.get(key, (0.0, 0.0))[0] - before.get(key, (0.0, 0.0))[0]
+    count = after.get(key, (0.0, 0.0))[1] - before.get(key, (0.0, 0.0))[1]
+    return total / count if count else None
+
+
+# ---------------------------------------------------------------- clients
+
+
+@dataclass
+class Load:
+    """What `clients` concurrent clients saw while sending `requests` requests between them."""
+    clients: int
+    latencies_s: list[float] = field(default_factory=list)  # of the answered (200) requests
+    errors: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.latencies_s) / self.wall_s
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.latencies_s:
+            raise SystemExit(f"error: all {self.errors} requests failed with {self.clients} clients")
+        return percentiles_ms(self.latencies_s)
+
+
+def drive(url: str, jpeg: bytes, clients: int, requests: int, beam_size: int = 3) -> Load:
+    """Each client sends its next request as soon as its previous answer arrives (a closed loop), until
+    `requests` have been sent in all; one keep-alive connection per client, as a real client would hold."""
+    load = Load(clients)
+    remaining = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for _ in remaining:  # a shared iterator: whichever client is free takes the next request
+            started = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/v1/captions", params={"beam_size": beam_size},
+                                           files={"image": ("photo.jpg", jpeg, "image/jpeg")})
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                load.latencies_s.append(time.perf_counter() - started)
+            else:
+                load.errors += 1
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+            started = time.perf_counter()
+            await asyncio.gather(*(client(http) for _ in range(clients)))
+            load.wall_s = time.perf_counter() - started
+
+    asyncio.run(main())
+    return load

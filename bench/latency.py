@@ -1,0 +1,113 @@
+"""Single-image latency, end to end over HTTP, split by stage, against the naive baseline.
+
+    python -m bench.latency [--requests 200] [--repeats 100] [--beam-size 3]
+
+1. Starts the real server (uvicorn app.main:app on a free port) and sends one 640x480 JPEG at a
+   time from one client, so batching cannot help: p50/p90/p99 over --requests after --warmup.
+   The server's own CNN and beam-search histograms (/metrics) give its view of the same requests.
+2. In this process, times each stage the service runs, on the same image, --repeats times:
+   decode (app.images.decode_image), CNN (Captioner.encode), beam search (Captioner.describe),
+   serialisation (the pydantic response to JSON). What the end-to-end p50 has beyond the sum of
+   the stage p50s is HTTP, multipart parsing, the batcher's wait for company, and thread hand-offs.
+3. The naive baseline (bench/naive.py: one image, eager fp32 NCHW CNN, a Python loop over the beams)
+   on the same image after the same decode, --repeats times. Speed-up = naive / ours.
+
+Server settings come from CAPTIONER_* environment variables, e.g. CAPTIONER_MAX_BATCH_WAIT_MS=0.
+"""
+from __future__ import annotations
+
+import sys
+
+from app.images import decode_image
+from app.schemas import Caption, CaptionResponse
+from bench.common import (
+    MAX_PIXELS, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
+    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, running_server, server_settings, write_json,
+)
+
+ROUTE = "/v1/captions"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("latency", __doc__, weights=True)
+    p.add_argument("--requests", type=positive, default=200, help="timed HTTP requests (default 200)")
+    p.add_argument("--warmup", type=positive, default=10, help="untimed HTTP requests first (default 10)")
+    p.add_argument("--repeats", type=positive, default=100, help="in-process timings of each stage and of naive (default 100)")
+    p.add_argument("--beam-size", type=positive, default=3, help="beams searched per image (default 3, as the API)")
+    args = p.parse_args(argv)
+    jpeg = photo_jpeg()
+
+    print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
+    with running_server(args.weights) as server:
+        drive(server.url, jpeg, clients=1, requests=args.warmup, beam_size=args.beam_size)
+        before = histogram_totals(server.url)
+        load = drive(server.url, jpeg, clients=1, requests=args.requests, beam_size=args.beam_size)
+        after = histogram_totals(server.url)
+    end_to_end = load.percentiles_ms()
+    server_mean_ms = {
+        stage: round(1000 * mean_between(before, after, key), 2)
+        for stage, key in [("request", f"captioner_request_seconds:{ROUTE}"), ("cnn", "captioner_stage_seconds:cnn"),
+                           ("beam_search", "captioner_stage_seconds:beam_search")]
+    }
+
+    print(f"in process: each stage and the naive baseline, {args.repeats} times ...", flush=True)
+    captioner = in_process_captioner(args.weights)
+    image = decode_image(jpeg, MAX_PIXELS)
+    features = captioner.encode([image])
+    captions = captioner.describe(features, args.beam_size)[0]
+
+    def serialise() -> str:  # what the route builds, and the JSON it becomes
+        response = CaptionResponse(captions=[Caption(text=t, log_prob=lp) for t, lp in captions],
+                                   model=captioner.model_id, elapsed_ms=1.0)
+        return response.model_dump_json()
+
+    stages = {
+        "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),
+        "cnn": percentiles_ms(repeat_timed(lambda: captioner.encode([image]), args.repeats)),
+        "beam_search": percentiles_ms(repeat_timed(lambda: captioner.describe(features, args.beam_size), args.repeats)),
+        "serialisation": percentiles_ms(repeat_timed(serialise, args.repeats)),
+    }
+    other_p50_ms = round(end_to_end["p50_ms"] - sum(s["p50_ms"] for s in stages.values()), 2)
+    naive = percentiles_ms(naive_seconds(captioner, jpeg, args.beam_size, args.repeats))
+    speedup = {q: round(naive[f"{q}_ms"] / end_to_end[f"{q}_ms"], 2) for q in ("p50", "p90", "p99")}
+
+    quantiles = ("p50_ms", "p90_ms", "p99_ms")
+    print_table(
+        f"one {image.width}x{image.height} JPEG ({len(jpeg) // 1024} KiB), beam {args.beam_size}, "
+        f"{captioner.device}, ms (server column: its /metrics means over the same requests)",
+        ["", "p50", "p90", "p99", "server"],
+        [
+            ["ours, end to end over HTTP", *(end_to_end[q] for q in quantiles), server_mean_ms["request"]],
+            ["  decode", *(stages["decode"][q] for q in quantiles), ""],
+            ["  CNN", *(stages["cnn"][q] for q in quantiles), server_mean_ms["cnn"]],
+            ["  beam search", *(stages["beam_search"][q] for q in quantiles), server_mean_ms["beam_search"]],
+            ["  serialisation", *(stages["serialisation"][q] for q in quantiles), ""],
+            ["  HTTP, multipart, batcher wait (rest of p50)", other_p50_ms, "", "", ""],
+            ["naive: decode + naive_caption", *(naive[q] for q in quantiles), ""],
+            ["speed-up, naive / ours (x)", *speedup.values(), ""],
+        ],
+    )
+    if load.errors:
+        print(f"\n{load.errors} of {args.requests} requests failed")
+    write_json(args.json, {
+        "benchmark": "latency",
+        "image": {"width": image.width, "height": image.height, "jpeg_bytes": len(jpeg)},
+        "beam_size": args.beam_size,
+        "device": str(captioner.device),
+        "model": model_summary(captioner),
+        "requests": args.requests,
+        "repeats": args.repeats,
+        "errors": load.errors,
+        "server_settings": server_settings(),
+        "end_to_end": end_to_end,
+        "server_mean_ms": server_mean_ms,
+        "stages": stages,
+        "other_p50_ms": other_p50_ms,
+        "naive": naive,
+        "speedup": speedup,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

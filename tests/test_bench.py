@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmark scripts with tiny counts: they run end to end and write the JSON
+they promise, with positive numbers. Timings are printed by the scripts, never asserted here."""
+from __future__ import annotations
+
+import json
+
+from bench import latency, throughput, train
+
+MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch", "torch_threads", "python", "load_average"}
+PERCENTILES = {"p50_ms", "p90_ms", "p99_ms"}
+
+
+def run(script, tmp_path, *args: str) -> dict:
+    path = tmp_path / "results.json"
+    assert script.main([*args, "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert MACHINE_KEYS <= set(results["machine"]) and results["machine"]["torch_threads"] >= 1
+    return results
+
+
+def assert_positive(numbers: dict) -> None:
+    assert numbers and all(value > 0 for value in numbers.values()), numbers
+
+
+def test_latency(tmp_path):
+    results = run(latency, tmp_path, "--requests", "5", "--warmup", "1", "--repeats", "3")
+    assert results["errors"] == 0
+    assert set(results["end_to_end"]) == PERCENTILES == set(results["naive"])
+    assert set(results["stages"]) == {"decode", "cnn", "beam_search", "serialisation"}
+    for percentiles in [results["end_to_end"], results["naive"], *results["stages"].values()]:
+        assert_positive(percentiles)
+    assert set(results["server_mean_ms"]) == {"request", "cnn", "beam_search"}
+    assert_positive(results["server_mean_ms"])
+    assert set(results["speedup"]) == {"p50", "p90", "p99"}
+    assert_positive(results["speedup"])
+
+
+def test_throughput(tmp_path):
+    results = run(throughput, tmp_path, "--clients", "1", "2", "--requests", "4", "--warmup", "2", "--naive-images", "2")
+    assert results["naive_images_per_s"] > 0
+    assert [level["clients"] for level in results["levels"]] == [1, 2]
+    for level in results["levels"]:
+        assert level["errors"] == 0
+        assert_positive({key: level[key] for key in ("images_per_s", "mean_batch_size", "ratio_vs_naive", *PERCENTILES)})
+        assert 1 <= level["mean_batch_size"] <= level["clients"]
+
+
+def test_train(tmp_path):
+    results = run(train, tmp_path, "--images", "16", "--vocab-size", "50", "--embed-dim", "8", "--hidden-dim", "16",
+                  "--batch-size", "8", "--epochs-fraction", "0.2", "--extract-images", "2")
+    assert set(results["training"]) == {"ours", "ours_fp32", "naive"}
+    for configuration in results["training"].values():
+        assert configuration["seconds_per_epoch"] > 0 and configuration["steps_timed"] >= 1
+    assert results["extraction"]["images"] == 2
+    assert_positive({key: results["extraction"][key] for key in ("ours_per_s", "naive_per_s")})
+    assert set(results["ratios"]) == {"training_naive_over_ours", "training_fp32_over_bf16", "extraction_ours_over_naive"}
+    assert_positive(results["ratios"])
