@@ -127,7 +127,7 @@ def test_ddp_on_two_cpu_processes(synthetic, tmp_path):
     root, data = synthetic
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "model.train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
          "--data", str(data), "--out", str(out), "--cache-dir", str(root / "cache"), "--hidden-dim", "64",
          "--embed-dim", "32", "--min-count", "1", "--batch-size", "64", "--workers", "0", "--epochs", "2",
          "--device", "cpu"],
