@@ -8,13 +8,8 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,61 +139,6 @@ def photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
 
 
 # ---------------------------------------------------------------- the server
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path  # stdout and stderr: a file, so a chatty server never blocks on a full pipe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(weights: Path, **settings) -> Iterator[Server]:
-    """uvicorn app.main:app in a subprocess on a free port, ready to caption; CAPTIONER_* settings from
-    keyword arguments (those already in the environment pass through, so they can be tried from the shell)."""
-    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(Path(weights).resolve())}
-    env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="captioner-bench-") as folder:
-        log = Path(folder) / "server.log"
-        with log.open("w") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-access-log"],
-                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        server = Server(f"http://127.0.0.1:{port}", process, log)
-        try:
-            wait_until_ready(server)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_ready(server: Server, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{server.url} not ready after {timeout_s} s:\n{server.log.read_text()}")
 
 
 def server_settings() -> dict:

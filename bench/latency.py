@@ -20,9 +20,10 @@ import sys
 
 from app.images import decode_image
 from app.schemas import Caption, CaptionResponse
+from app.local_server import running_server
 from bench.common import (
     MAX_PIXELS, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
-    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, running_server, server_settings, write_json,
+    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, write_json,
 )
 
 ROUTE = "/v1/captions"
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = photo_jpeg()
 
     print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
-    with running_server(args.weights) as server:
+    with running_server(weights_dir=args.weights.resolve()) as server:
         drive(server.url, jpeg, clients=1, requests=args.warmup, beam_size=args.beam_size)
         before = histogram_totals(server.url)
         load = drive(server.url, jpeg, clients=1, requests=args.requests, beam_size=args.beam_size)

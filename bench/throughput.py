@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import sys
 
+from app.local_server import running_server
 from bench.common import (
     drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser, photo_jpeg,
-    positive, print_table, running_server, server_settings, write_json,
+    positive, print_table, server_settings, write_json,
 )
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     jpeg = photo_jpeg()
 
     levels = []
-    with running_server(args.weights) as server:
+    with running_server(weights_dir=args.weights.resolve()) as server:
         for clients in args.clients:
             print(f"{clients} clients: {args.warmup} + {args.requests} requests ...", flush=True)
             drive(server.url, jpeg, clients, args.warmup, args.beam_size)

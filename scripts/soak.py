@@ -28,7 +28,7 @@ import httpx
 import psutil
 from PIL import Image, ImageDraw
 
-from local_server import local_server
+from app.local_server import running_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALLOWED_GROWTH = 0.10
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
 
-    with local_server() as server:
+    with running_server() as server:
         result = asyncio.run(soak(server.url, server.process.pid, args.requests, args.concurrency, args.baseline_after))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,81 +1,15 @@
-"""Shared fixtures: a real uvicorn server on a free port, and images made with PIL."""
+"""Shared fixtures: a real uvicorn server on a free port (app.local_server), and images made with PIL."""
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
+from app.local_server import ROOT, running_server
+
 WEIGHTS = ROOT / "weights"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path  # the server's stdout and stderr: a file, so a chatty server never blocks on a full pipe
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@contextmanager
-def running_server(wait_ready: bool = True, **settings):
-    """uvicorn app.main:app in a subprocess on a free port, CAPTIONER_* settings from keyword arguments."""
-    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(WEIGHTS)}
-    env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="captioner-server-") as folder:
-        log = Path(folder) / "server.log"
-        with log.open("w") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-access-log"],  # the app logs its own JSON line per request
-                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        server = Server(f"http://127.0.0.1:{port}", process, log)
-        try:
-            if wait_ready:
-                wait_until_ready(server)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until_ready(server: Server, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}: {server.output()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{server.url} not ready after {timeout} s: {server.output()}")
+__all__ = ["ROOT", "WEIGHTS", "running_server"]  # the test modules import these from here
 
 
 @pytest.fixture(scope="session")
