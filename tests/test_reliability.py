@@ -100,8 +100,21 @@ def stream_request(url: str, head: bytes, chunks, timeout: float = 30) -> tuple[
                     taken = connection.send(pending)
                     pending, sent = pending[taken:], sent + taken
             except (BrokenPipeError, ConnectionResetError):
-                return reply, sent, True  # closed with our bytes unread: what it replied is in `reply`
+                return reply + unread(connection), sent, True
     return reply, sent, False
+
+
+def unread(connection: socket.socket) -> bytes:
+    """What the server sent before it reset the connection and we noticed on a send: still ours to read."""
+    data = b""
+    connection.setblocking(True)
+    connection.settimeout(1)
+    try:
+        while chunk := connection.recv(65536):
+            data += chunk
+    except OSError:
+        pass  # the reset itself, once the queued bytes are read
+    return data
 
 
 def status_and_json(reply: bytes) -> tuple[int, dict]:
