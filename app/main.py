@@ -9,10 +9,9 @@ from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import ValidationError
 
-from app.batcher import Batcher, Params
+from app.batcher import Batcher
 from app.images import limit_pixels
 from app.metrics import Metrics
 from app.middleware import AccessLog, BodySizeLimit, BodyTimeout
@@ -34,17 +33,13 @@ def exit_with(message: str) -> NoReturn:
 
 
 async def load_model(app: FastAPI) -> None:
-    """Build the model off the event loop, warm it up, then report ready (readyz stays 503 until then)."""
+    """Load the model and warm it up off the event loop, then report ready (readyz stays 503 until then)."""
     settings: Settings = app.state.settings
+    batcher = Batcher(app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit)
     try:
-        captioner = await asyncio.to_thread(Captioner.load, settings.weights_dir, settings.device)
-        batcher = Batcher(
-            captioner, app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit
-        )
-        await batcher.run([Image.new("RGB", (320, 240), "gray")], Params())
+        captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device))
     except Exception as error:
         exit_with(f"refusing to start: cannot load the model from {settings.weights_dir}: {error}")
-    batcher.start()
     app.state.captioner = captioner
     app.state.batcher = batcher  # set last: its presence is what readyz reports (routes.require_ready)
     logger.info("ready: %s on %s", captioner.model_id, captioner.device)
