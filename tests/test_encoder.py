@@ -1,7 +1,7 @@
 """The default encoder's weights and preprocessing, pinned by classifying real photos."""
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from skimage import data
 
 from model.encoder import IMAGENET_PREPROCESSING, LITE_PREPROCESSING, EncoderUnavailable, Encoder, build_encoder
@@ -17,8 +17,8 @@ def encoder():
 
 
 def class_probabilities(encoder: Encoder, images) -> torch.Tensor:
-    features = encoder.encode(images)  # [B, 1280]
-    return encoder.trunk.net._fc(features).softmax(-1)  # the pretrained ImageNet head
+    head = encoder.encode(images)[:, : encoder.trunk.HEAD_DIM]  # v begins with the head's pooled channels
+    return encoder.trunk.net._fc(head).softmax(-1)  # the pretrained ImageNet classifier
 
 
 def photos():
@@ -36,7 +36,7 @@ def test_real_photos_are_classified_right(encoder):
 def test_lite_normalisation_beats_imagenet_normalisation(encoder):
     """EfficientNet-Lite's TF weights expect pixels in [-1, 1]; torchvision's mean/std is measurably worse."""
     lite = class_probabilities(encoder, photos())
-    imagenet_encoder = Encoder("probe", encoder.trunk, 1280, IMAGENET_PREPROCESSING, encoder.weights_sha256)
+    imagenet_encoder = Encoder("probe", encoder.trunk, encoder.feature_dim, IMAGENET_PREPROCESSING, encoder.weights_sha256)
     imagenet = class_probabilities(imagenet_encoder, photos())
     assert encoder.preprocessing == LITE_PREPROCESSING
     assert lite[0, list(CATS)].sum() > imagenet[0, list(CATS)].sum()
@@ -45,16 +45,33 @@ def test_lite_normalisation_beats_imagenet_normalisation(encoder):
 
 def test_features_shape_and_frozen(encoder):
     features = encoder.encode([Image.new("RGB", (640, 480), "red"), Image.new("L", (20, 300), 128)])
-    assert features.shape == (2, 1280)
+    assert features.shape == (2, 1280 + 4 * 80 + 4 * 192)  # head mean ; 2x2 grids of two stages
     assert torch.isfinite(features).all()
     assert not any(p.requires_grad for p in encoder.parameters())
     assert not encoder.trunk.training
+
+
+def square_at(x: int) -> Image.Image:
+    image = Image.new("RGB", (224, 224), (128, 128, 128))
+    ImageDraw.Draw(image).rectangle([x, 90, x + 40, 130], fill=(215, 40, 40))
+    return image
+
+
+def test_v_knows_left_from_right(encoder):
+    """A red square on the left and one on the right: the grid part of v tells them apart, and
+    swapping its left and right cells turns one into the other (the head's global mean cannot say where)."""
+    left, right = encoder.encode([square_at(20), square_at(164)])
+    cells_left, cells_right = (v[encoder.trunk.HEAD_DIM :].view(-1, 2, 2) for v in (left, right))  # [C, rows, columns]
+    apart = (cells_left - cells_right).norm()
+    mirrored = (cells_left.flip(-1) - cells_right).norm()
+    assert mirrored < apart / 3
 
 
 def test_fingerprint_names_encoder_weights_and_preprocessing(encoder):
     assert encoder.fingerprint.startswith("efficientnet-lite0:")
     assert encoder.weights_sha256[:16] in encoder.fingerprint
     assert "crop224" in encoder.fingerprint
+    assert "grid2x2" in encoder.fingerprint  # features pooled otherwise must not share a cache
 
 
 def test_torchvision_encoder_without_network_fails_clearly(monkeypatch, tmp_path):
