@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from model.captioner import Captioner
@@ -88,10 +89,14 @@ class FusedLSTMDecoder(nn.Module):
         self.lstm = nn.LSTM(config.embed_dim + config.feature_dim, config.hidden_dim, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden_dim, config.vocab_size)
+        self.pad_id = config.pad_id
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """features [B, D], tokens [B, T] -> logits [B, T-1, V] predicting tokens[:, 1:]."""
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """features [B, D], tokens [B, T] -> the mean cross-entropy of predicting tokens[:, 1:], with
+        logits at every position, padding included, as the tutorials do."""
         words = self.dropout(self.embed(tokens[:, :-1]))  # [B, T-1, E]
         image = self.dropout(features)[:, None, :].expand(-1, words.size(1), -1)  # [B, T-1, D]: v at every step
         hidden, _ = self.lstm(torch.cat([words, image], dim=2))  # [B, T-1, H]
-        return self.out(self.dropout(hidden))
+        logits = self.out(self.dropout(hidden))  # [B, T-1, V]
+        targets = tokens[:, 1:].flatten()
+        return F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=self.pad_id, label_smoothing=label_smoothing)

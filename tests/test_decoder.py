@@ -1,6 +1,8 @@
 import torch
 
-from model.decoder import Decoder, DecoderConfig, sequence_loss
+import torch.nn.functional as F
+
+from model.decoder import Decoder, DecoderConfig
 
 PAD, START, END = 0, 1, 2
 
@@ -13,8 +15,18 @@ def tiny_decoder(dropout=0.0, seed=0):
 def test_shapes():
     decoder = tiny_decoder()
     tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
-    logits = decoder(torch.randn(2, 6), tokens)
-    assert logits.shape == (2, 4, 9)
+    features = torch.randn(2, 6)
+    assert decoder.hidden_states(features, tokens).shape == (2, 4, 5)
+    assert decoder(features, tokens).shape == ()
+
+
+def test_loss_is_cross_entropy_over_the_real_targets():
+    decoder = tiny_decoder()
+    tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
+    features = torch.randn(2, 6)
+    logits = decoder.out(decoder.hidden_states(features, tokens))  # [2, 4, 9], padding included
+    expected = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=PAD)
+    assert torch.allclose(decoder(features, tokens), expected, atol=1e-6)
 
 
 def test_stepwise_decoding_matches_teacher_forcing():
@@ -22,7 +34,7 @@ def test_stepwise_decoding_matches_teacher_forcing():
     decoder = tiny_decoder()
     features = torch.randn(2, 6)
     tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
-    forced = decoder(features, tokens).log_softmax(-1)  # [2, 4, 9]
+    forced = decoder.out(decoder.hidden_states(features, tokens)).log_softmax(-1)  # [2, 4, 9]
     real_targets = tokens[:, 1:] != PAD  # [2, 4]
     state = decoder.start(features)
     for t in range(4):
@@ -35,8 +47,8 @@ def test_image_vector_enters_every_step():
     """Changing v changes the prediction at a late step even with the same words before it."""
     decoder = tiny_decoder()
     tokens = torch.tensor([[START, 4, 5, 6, 7, END]])
-    a = decoder(torch.zeros(1, 6), tokens)[0, -1]
-    b = decoder(torch.ones(1, 6), tokens)[0, -1]
+    a = decoder.hidden_states(torch.zeros(1, 6), tokens)[0, -1]
+    b = decoder.hidden_states(torch.ones(1, 6), tokens)[0, -1]
     assert not torch.allclose(a, b)
 
 
@@ -45,7 +57,7 @@ def test_padding_does_not_change_the_real_positions():
     features = torch.randn(1, 6)
     short = torch.tensor([[START, 4, 5, END]])
     padded = torch.tensor([[START, 4, 5, END, PAD, PAD]])
-    assert torch.allclose(decoder(features, short), decoder(features, padded)[:, :3], atol=1e-6)
+    assert torch.allclose(decoder.hidden_states(features, short), decoder.hidden_states(features, padded)[:, :3], atol=1e-6)
 
 
 def test_loss_ignores_pad_targets():
@@ -53,9 +65,7 @@ def test_loss_ignores_pad_targets():
     features = torch.randn(1, 6)
     short = torch.tensor([[START, 4, 5, END]])
     padded = torch.tensor([[START, 4, 5, END, PAD, PAD]])
-    loss_short = sequence_loss(decoder(features, short), short, PAD)
-    loss_padded = sequence_loss(decoder(features, padded), padded, PAD)
-    assert torch.allclose(loss_short, loss_padded, atol=1e-6)
+    assert torch.allclose(decoder(features, short), decoder(features, padded), atol=1e-6)
 
 
 def test_loss_falls_when_fitting_one_caption():
@@ -65,7 +75,7 @@ def test_loss_falls_when_fitting_one_caption():
     optimizer = torch.optim.Adam(decoder.parameters(), lr=0.05)
     first = None
     for _ in range(60):
-        loss = sequence_loss(decoder(features, tokens), tokens, PAD)
+        loss = decoder(features, tokens)
         first = first if first is not None else loss.item()
         optimizer.zero_grad()
         loss.backward()
