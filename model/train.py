@@ -91,7 +91,7 @@ def check_writable(directory: Path) -> None:
     """Fail before any work when the run folder cannot hold checkpoints."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
+        probe = directory / f".write-test-{os.getpid()}"  # one each: DDP ranks probe the same folder at once
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as error:
