@@ -33,11 +33,13 @@ MAX_PIXELS = Settings.model_fields["max_pixels"].default  # what the server chec
 
 
 def parser(name: str, description: str, *, weights: bool) -> argparse.ArgumentParser:
-    """Where the JSON goes, and for the scripts that caption (weights=True) which weights they load."""
+    """Where the JSON goes, and for the scripts that caption (weights=True) which weights they load
+    and how many beams they search."""
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     if weights:
         p.add_argument("--weights", type=Path, default=ROOT / "weights", help="weights folder (default: weights)")
+        p.add_argument("--beam-size", type=positive, default=3, help="beams searched per image (default 3, as the API)")
     p.add_argument("--json", type=Path, default=RESULTS / f"{name}.json",
                    help=f"results file (default: bench/results/{name}.json)")
     return p

@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=positive, default=200, help="timed HTTP requests (default 200)")
     p.add_argument("--warmup", type=positive, default=10, help="untimed HTTP requests first (default 10)")
     p.add_argument("--repeats", type=positive, default=100, help="in-process timings of each stage and of naive (default 100)")
-    p.add_argument("--beam-size", type=positive, default=3, help="beams searched per image (default 3, as the API)")
     args = p.parse_args(argv)
     jpeg = photo_jpeg()
 

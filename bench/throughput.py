@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=positive, default=200, help="timed requests per level, all clients together (default 200)")
     p.add_argument("--warmup", type=positive, default=20, help="untimed requests before each level (default 20)")
     p.add_argument("--naive-images", type=positive, default=50, help="images through the naive loop (default 50)")
-    p.add_argument("--beam-size", type=positive, default=3, help="beams searched per image (default 3, as the API)")
     args = p.parse_args(argv)
     jpeg = photo_jpeg()
 

@@ -6,8 +6,8 @@ each against its naive baseline.
 Decoder: random features [--images, D] (D: the default encoder's feature size) and
 --captions-per-image random captions per image of 8-20 words (plus <start> and <end>) over a
 --vocab-size vocabulary, in memory: Flickr8k's shape without its pictures. The default vocabulary
-of 3,000 is about what model.train keeps of Flickr8k's training captions (words seen at least
---min-count 5 times, of about 7,400 distinct ones); --vocab-size 8000 is every word kept.
+of 3,000 is an estimate of what model.train's --min-count 5 keeps of Flickr8k's training captions
+(not counted here: no Flickr8k on this machine); --vocab-size 8000 is about every word kept.
 Each configuration trains for --epochs-fraction of an epoch after 2 untimed steps, with
 model.train.train_step (all-pad columns dropped, gradient clipping at 1); seconds per epoch are
 extrapolated from the mean step. Configurations:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=positive, default=8000, help="images in the synthetic training set (default 8000)")
     p.add_argument("--captions-per-image", type=positive, default=5, help="(default 5, as Flickr8k)")
     p.add_argument("--vocab-size", type=int, default=3000,
-                   help="words, special tokens included (default 3000: Flickr8k's words seen at least 5 times)")
+                   help="words, special tokens included (default 3000: an estimate of Flickr8k's words seen 5 times or more)")
     p.add_argument("--embed-dim", type=positive, default=256, help="(default 256, as model.train)")
     p.add_argument("--hidden-dim", type=positive, default=512, help="(default 512, as model.train)")
     p.add_argument("--batch-size", type=positive, default=128, help="captions per step (default 128, as model.train)")

@@ -31,12 +31,7 @@ from model.captioner import Captioner
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import DEFAULT_ENCODER, EncoderUnavailable, build_encoder
-from model.evaluate import (
-    caption_items,
-    evaluate_split,
-    score_captions,
-    synthetic_scores,
-)
+from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
 from model.features import FeatureTable, atomic_write, extract_features
 from model.vocab import Vocab
 from model.weights import save_weights, verify
