@@ -70,9 +70,10 @@ def evaluate_split(
 
 
 def print_table(scores: dict, file=sys.stdout) -> None:
+    width = max(map(len, scores), default=0)
     for name, value in scores.items():
         shown = "missing (no java)" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
-        print(f"{name:>18}  {shown}", file=file)
+        print(f"{name:>{width}}  {shown}", file=file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,14 +113,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def synthetic_scores(data_dir: Path, predictions: dict[str, str]) -> dict:
-    """For synthetic scenes: the share of captions naming every object's colour and shape right."""
-    from model.synthetic import load_scenes, objects_named_correctly
+    """For synthetic scenes: the share of captions naming every object's colour and shape right,
+    overall and by number of objects; and the share of objects named right among those whose
+    colour-shape pair training held out, and among those it showed."""
+    from model.synthetic import load_scenes, named_pairs, objects_named_correctly
 
     if not (data_dir / "scenes.json").is_file():
         return {}
-    scenes = load_scenes(data_dir)
-    correct = [objects_named_correctly(caption, scenes[name]) for name, caption in predictions.items()]
-    return {"objects_correct": sum(correct) / max(len(correct), 1)}
+    all_scenes = load_scenes(data_dir)
+    captions, scenes = list(predictions.values()), [all_scenes[name] for name in predictions]
+    correct = [objects_named_correctly(caption, scene) for caption, scene in zip(captions, scenes)]
+    scores = {"objects_correct": _share(correct)}
+    for count in sorted({len(scene["objects"]) for scene in scenes}):
+        by_count = [ok for ok, scene in zip(correct, scenes) if len(scene["objects"]) == count]
+        scores[f"objects_correct_{count}_object{'s' if count > 1 else ''}"] = _share(by_count)
+    held_out_file = data_dir / "held_out_pairs.json"
+    if held_out_file.is_file():
+        held_out = {tuple(pair) for pair in json.loads(held_out_file.read_text())}
+        named = {True: [], False: []}  # pair held out of training -> was each such object named right
+        for caption, scene in zip(captions, scenes):
+            said = named_pairs(caption)
+            for obj in scene["objects"]:
+                pair = (obj["colour"], obj["shape"])
+                named[pair in held_out].append(pair in said)
+        scores |= {"held_out_pairs_named": _share(named[True]), "seen_pairs_named": _share(named[False])}
+    return scores
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / max(len(flags), 1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from model.data import load_dataset
+from model.evaluate import synthetic_scores
 from model.synthetic import (
     BACKGROUNDS, COLOURS, NOISE, SHAPES, SPLIT_FILES, caption_scene, choose_held_out, load_scenes, main,
     objects_named_correctly, render_scene,
@@ -164,3 +165,22 @@ def test_bad_arguments_are_refused_with_a_usage_error(tmp_path, capsys, args, me
     with pytest.raises(SystemExit) as exit:
         main(["--out", str(tmp_path / "x"), *[str(tmp_path / a) if a == "a_file" else a for a in args]])
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_synthetic_scores_by_object_count_and_by_pair(scenes_dir):
+    scenes = load_scenes(scenes_dir)
+    held_out = {tuple(pair) for pair in json.loads((scenes_dir / "held_out_pairs.json").read_text())}
+    right = {name: caption_scene(scene)[0] for name, scene in scenes.items()}
+    assert synthetic_scores(scenes_dir, right) == {
+        "objects_correct": 1.0, "objects_correct_1_object": 1.0, "objects_correct_2_objects": 1.0,
+        "held_out_pairs_named": 1.0, "seen_pairs_named": 1.0,
+    }
+    # every scene holding a held-out pair gets a caption naming nothing
+    wrong = {name: "a picture" if any((o["colour"], o["shape"]) in held_out for o in scene["objects"]) else caption
+             for (name, scene), caption in zip(scenes.items(), right.values())}
+    scores = synthetic_scores(scenes_dir, wrong)
+    novel_scenes = sum(caption == "a picture" for caption in wrong.values())
+    assert 0 < novel_scenes < len(scenes)
+    assert scores["objects_correct"] == pytest.approx(1 - novel_scenes / len(scenes))
+    assert scores["held_out_pairs_named"] == 0.0
+    assert 0 < scores["seen_pairs_named"] < 1  # seen objects that share a scene with a held-out one
