@@ -1,0 +1,81 @@
+"""How much of each object's colour and shape a linear read-out finds in v, on two-object scenes.
+
+    python scripts/probe_v.py --data data/synth20k          # after python -m model.synthetic ... --seed 0
+
+For --train two-object training scenes and --val two-object validation scenes (each validation
+scene holds a colour-shape pair training never showed), fits one linear classifier per attribute
+(left colour, right colour, left shape, right shape) on standardised features and prints how often
+all four are right on the validation scenes: once from the head's global mean alone (the classic
+v, the first 1,280 values) and once from the whole v of the default encoder.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.data import load_dataset
+from model.encoder import build_encoder
+from model.features import extract_features
+from model.synthetic import COLOURS, SHAPES, load_scenes
+
+
+def two_object_scenes(data: Path, split: str, limit: int) -> tuple[list[Path], torch.Tensor]:
+    """Paths and labels [N, 4]: left colour, right colour, left shape, right shape."""
+    scenes = load_scenes(data)
+    items = [item for item in load_dataset(data).split(split) if len(scenes[item.image_path.name]["objects"]) == 2]
+    paths, labels = [], []
+    for item in items[:limit]:
+        left, right = scenes[item.image_path.name]["objects"]
+        paths.append(item.image_path)
+        labels.append([*(list(COLOURS).index(o["colour"]) for o in (left, right)),
+                       *(list(SHAPES).index(o["shape"]) for o in (left, right))])
+    return paths, torch.tensor(labels)
+
+
+def all_four_right(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor) -> float:
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, val_x = (train_x - mean) / std, (val_x - mean) / std
+    right = torch.ones(len(val_y), dtype=torch.bool)
+    for column, classes in enumerate((len(COLOURS), len(COLOURS), len(SHAPES), len(SHAPES))):
+        torch.manual_seed(column)
+        probe = torch.nn.Linear(train_x.size(1), classes)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+        for _ in range(200):
+            loss = F.cross_entropy(probe(train_x), train_y[:, column])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            right &= probe(val_x).argmax(1) == val_y[:, column]
+    return right.float().mean().item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="a folder written by python -m model.synthetic")
+    parser.add_argument("--train", type=int, default=2500, help="two-object training scenes (default 2500)")
+    parser.add_argument("--val", type=int, default=600, help="two-object validation scenes (default 600)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache (default: cache)")
+    args = parser.parse_args(argv)
+    if not (args.data / "scenes.json").is_file():
+        parser.error(f"{args.data} holds no scenes.json: make it with python -m model.synthetic")
+    encoder = build_encoder()
+    (train_paths, train_y), (val_paths, val_y) = (two_object_scenes(args.data, split, limit)
+                                                  for split, limit in (("train", args.train), ("val", args.val)))
+    if not len(train_y) or not len(val_y):
+        parser.error(f"{args.data} has no two-object scenes in its train or val split")
+    table = extract_features(encoder, train_paths + val_paths, args.cache_dir)
+    rows = table.rows()
+    train_x = table.features[[rows[p] for p in train_paths]]
+    val_x = table.features[[rows[p] for p in val_paths]]
+    head = encoder.trunk.HEAD_DIM
+    print(f"{len(train_y)} training and {len(val_y)} validation two-object scenes: both objects right")
+    for name, columns in ((f"head mean only ({head}-d)", slice(0, head)), (f"whole v ({train_x.size(1)}-d)", slice(None))):
+        print(f"  {name:<26}{all_four_right(train_x[:, columns], train_y, val_x[:, columns], val_y):.1%}")
+
+
+if __name__ == "__main__":
+    main()
