@@ -1,6 +1,7 @@
 """The synthetic scene generator: Flickr8k layout, held-out colour-shape pairs, captions that match the pixels."""
 import csv
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -184,3 +185,14 @@ def test_synthetic_scores_by_object_count_and_by_pair(scenes_dir):
     assert scores["objects_correct"] == pytest.approx(1 - novel_scenes / len(scenes))
     assert scores["held_out_pairs_named"] == 0.0
     assert 0 < scores["seen_pairs_named"] < 1  # seen objects that share a scene with a held-out one
+
+
+def test_probe_script_reads_out_both_feature_sets(scenes_dir, tmp_path):
+    result = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(scenes_dir),
+                             "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"head mean only \(1280-d\)\s+\d+\.\d%", result.stdout)
+    assert re.search(r"whole v \(2368-d\)\s+\d+\.\d%", result.stdout)
+    missing = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(tmp_path)],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert missing.returncode == 2 and "holds no scenes.json" in missing.stderr
