@@ -37,7 +37,7 @@ async def load_model(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     batcher = Batcher(app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit)
     try:
-        captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device))
+        captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device, settings.decoder_precision))
     except Exception as error:
         exit_with(f"refusing to start: cannot load the model from {settings.weights_dir}: {error}")
     app.state.captioner = captioner

@@ -110,10 +110,10 @@ def repeat_timed(call: Callable[[], object], repeats: int) -> list[float]:
     return seconds
 
 
-def naive_seconds(captioner: Captioner, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
+def naive_seconds(weights: Path, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
     """The naive baseline per image: the service's own PIL decode, then bench.naive.naive_caption
-    on an NCHW copy of the model."""
-    naive = naive_captioner(captioner)
+    on the same weights, loaded in fp32 with an NCHW CNN."""
+    naive = naive_captioner(weights, Settings().device)
     return repeat_timed(lambda: naive_caption(naive, decode_image(jpeg, MAX_PIXELS), beam_size), repeats)
 
 
@@ -151,7 +151,8 @@ def server_settings() -> dict:
 
 def in_process_captioner(weights: Path) -> Captioner:
     """The model as the server loads it, on the device it picks, for timings in this process."""
-    return Captioner.load(weights, Settings().device)
+    settings = Settings()
+    return Captioner.load(weights, settings.device, settings.decoder_precision)
 
 
 def model_summary(captioner: Captioner) -> dict:

@@ -2,7 +2,7 @@
 
 naive_caption: one image at a time, eager fp32 CNN on a fresh NCHW tensor, and beam search as a
 Python loop over the beams of that one image, one decoder step per beam. Same weights, same
-answers (up to ties), no batching of anything. Give it naive_captioner(captioner): NCHW weights.
+answers (up to ties), no batching of anything, no bf16. Give it naive_captioner(weights).
 
 naive_features: feature extraction one image at a time, the same eager fp32 CNN call, with an
 encoder from naive_encoder.
@@ -20,21 +20,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.captioner import Captioner
+from model.captioner import Captioner, resolve_device
 from model.decoder import DecoderConfig
-from model.encoder import Encoder
+from model.encoder import Encoder, build_encoder
+from model.weights import load_weights
 
 
 def naive_encoder(encoder: Encoder) -> Encoder:
-    """A copy with the CNN weights in PyTorch's default NCHW layout. The service's are channels-last
+    """A copy with the CNN weights in PyTorch's default NCHW layout (BatchNorms stay folded, as
+    build_encoder makes them: this only makes the baseline faster, the ratios smaller). The service's are channels-last
     (model.encoder.build_encoder), and a convolution follows its weights' layout: with those, an NCHW
     input alone would still run channels-last."""
     return copy.deepcopy(encoder).to(memory_format=torch.contiguous_format)
 
 
-def naive_captioner(captioner: Captioner) -> Captioner:
-    """The same model with an NCHW CNN (naive_encoder), for naive_caption."""
-    return Captioner(naive_encoder(captioner.encoder), captioner.decoder, captioner.vocab, captioner.manifest)
+def naive_captioner(weights: Path, device: str = "auto") -> Captioner:
+    """The weights at `weights` as trained, for naive_caption: the fp32 decoder without
+    Decoder.for_inference, and an NCHW CNN (naive_encoder)."""
+    device = resolve_device(device)
+    decoder, vocab, manifest = load_weights(weights)
+    encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device))
+    return Captioner(encoder, decoder.to(device), vocab, manifest)
 
 
 @torch.inference_mode()

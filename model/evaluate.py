@@ -86,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder (default: cache)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
     args = parser.parse_args(argv)
     if args.beam_size < 1:
         parser.error("--beam-size must be at least 1")
 
     try:
         dataset = load_dataset(args.data)
-        captioner = Captioner.load(args.weights, args.device)
+        captioner = Captioner.load(args.weights, args.device, args.precision)
     except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
     items = dataset.split(args.split)

@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 import torch.nn.functional as F
@@ -81,3 +83,33 @@ def test_loss_falls_when_fitting_one_caption():
         loss.backward()
         optimizer.step()
     assert loss.item() < first / 10
+
+
+def stepwise_log_probs(decoder, features, tokens):
+    state, out = decoder.start(features), []
+    for t in range(tokens.size(1)):
+        log_probs, state = decoder.step(tokens[:, t], state)
+        out.append(log_probs)
+    return torch.stack(out, dim=1), state  # [B, T, V]
+
+
+def test_for_inference_folds_w_x_into_the_word_table_without_changing_the_model():
+    decoder = tiny_decoder()
+    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
+    expected, _ = stepwise_log_probs(decoder, features, tokens)
+    folded = copy.deepcopy(decoder).for_inference(torch.float32)
+    assert isinstance(folded.w_word, torch.nn.Identity) and folded.embed.weight.shape == (9, 4 * 5)
+    assert not any(p.requires_grad for p in folded.parameters())
+    assert torch.allclose(stepwise_log_probs(folded, features, tokens)[0], expected, atol=1e-6)
+
+
+def test_bf16_inference_keeps_the_state_and_the_log_probs_in_fp32():
+    decoder = tiny_decoder()
+    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
+    expected, _ = stepwise_log_probs(decoder, features, tokens)
+    bf16 = copy.deepcopy(decoder).for_inference(torch.bfloat16)
+    assert bf16.w_hidden.weight.dtype == torch.bfloat16
+    log_probs, (h, c, _) = stepwise_log_probs(bf16, features, tokens)
+    assert log_probs.dtype == h.dtype == c.dtype == torch.float32
+    assert torch.allclose(log_probs, expected, atol=0.05)
+    assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in bf16

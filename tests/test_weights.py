@@ -89,3 +89,11 @@ def test_no_unsafe_unpickling_anywhere_in_the_code():
             if "weights_only=True" not in call:
                 offenders.append(f"{path}: {call}")
     assert not offenders
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_decoder_runs_in_the_precision_asked_for(weights_dir, precision, dtype):
+    captioner = Captioner.load(weights_dir, "cpu", precision)
+    assert captioner.decoder.w_hidden.weight.dtype == dtype
+    [[(text, log_prob)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], beam_size=2, max_length=6)
+    assert text and log_prob < 0
