@@ -74,9 +74,11 @@ def split_of(index: int, n: int) -> str:
     return {n - 1: "test", n - 2: "val"}.get(index, "train")
 
 
-def sample_scene(rng: np.random.Generator, split: str, held_out: set[tuple[str, str]]) -> dict:
+def sample_scene(rng: np.random.Generator, split: str, held_out: set[tuple[str, str]], two_object_share: float) -> dict:
+    """Training scenes hold two objects with probability two_object_share; dev and test scenes half
+    the time, whatever it is, so that their scores compare across training sets."""
     allowed = sorted(set(product(COLOURS, SHAPES)) - held_out) if split == "train" else sorted(product(COLOURS, SHAPES))
-    count = int(rng.integers(1, 3))
+    count = 1 + int(rng.random() < (two_object_share if split == "train" else 0.5))
     pairs = [allowed[i] for i in rng.choice(len(allowed), count)]
     if split != "train":  # one object of every dev/test scene has a pair training never showed
         novel = sorted(held_out)
@@ -159,7 +161,7 @@ def load_scenes(dataset_dir: str | Path) -> dict[str, dict]:
     return json.loads((Path(dataset_dir) / "scenes.json").read_text())
 
 
-def generate(out: Path, n: int, seed: int, holdout_fraction: float) -> dict[str, int]:
+def generate(out: Path, n: int, seed: int, holdout_fraction: float, two_object_share: float) -> dict[str, int]:
     rng = np.random.default_rng(seed)
     held_out = choose_held_out(rng, holdout_fraction)
     (out / "Images").mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def generate(out: Path, n: int, seed: int, holdout_fraction: float) -> dict[str,
         writer.writerow(["image", "caption"])
         for index in tqdm(range(n), desc="scenes", unit="scene"):
             name, split = f"scene_{index:06d}.png", split_of(index, n)
-            scene = sample_scene(rng, split, held_out)
+            scene = sample_scene(rng, split, held_out, two_object_share)
             render_scene(scene, rng).save(out / "Images" / name, compress_level=1)
             writer.writerows([name, caption] for caption in caption_scene(scene))
             scenes[name] = scene
@@ -187,14 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of (colour, shape) pairs kept out of training")
+    parser.add_argument("--two-object-share", type=float, default=0.5,
+                        help="share of training scenes with two objects (dev and test: always half)")
     args = parser.parse_args(argv)
     if args.n < 3:
         parser.error("--n must be at least 3 (one scene each for train, val and test)")
     if not 0 < args.holdout_fraction < 0.5:
         parser.error("--holdout-fraction must be between 0 and 0.5")
+    if not 0 <= args.two_object_share <= 1:
+        parser.error("--two-object-share must be between 0 and 1")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a folder")
-    counts = generate(args.out, args.n, args.seed, args.holdout_fraction)
+    counts = generate(args.out, args.n, args.seed, args.holdout_fraction, args.two_object_share)
     print(f"wrote {args.n} scenes to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -20,12 +20,13 @@ from model.synthetic import (
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 30
+SEED = 1
 
 
 @pytest.fixture(scope="module")
 def scenes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic") / "set"
-    result = subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(out), "--n", str(N), "--seed", "3"],
+    result = subprocess.run([sys.executable, "-m", "model.synthetic", "--out", str(out), "--n", str(N), "--seed", str(SEED)],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("train 24, val 3, test 3")
@@ -92,8 +93,8 @@ def test_scenes_follow_the_rules(scenes_dir):
 
 
 def test_same_seed_same_data_other_seed_other_data(scenes_dir, tmp_path):
-    main(["--out", str(tmp_path / "same"), "--n", str(N), "--seed", "3"])
-    main(["--out", str(tmp_path / "other"), "--n", str(N), "--seed", "4"])
+    main(["--out", str(tmp_path / "same"), "--n", str(N), "--seed", str(SEED)])
+    main(["--out", str(tmp_path / "other"), "--n", str(N), "--seed", str(SEED + 1)])
     files = ["captions.txt", "scenes.json", *SPLIT_FILES.values(), *(f"Images/scene_{i:06d}.png" for i in range(N))]
     assert all((tmp_path / "same" / f).read_bytes() == (scenes_dir / f).read_bytes() for f in files)
     assert (tmp_path / "other" / "captions.txt").read_text() != (scenes_dir / "captions.txt").read_text()
@@ -160,6 +161,7 @@ def test_objects_are_drawn_left_to_right_in_their_halves():
     (["--n", "0"], "at least 3"),
     (["--n", "5", "--holdout-fraction", "0.9"], "between"),
     (["--n", "5", "--out", "a_file"], "not a folder"),
+    (["--n", "5", "--two-object-share", "1.5"], "between 0 and 1"),
 ])
 def test_bad_arguments_are_refused_with_a_usage_error(tmp_path, capsys, args, message):
     (tmp_path / "a_file").write_text("")
@@ -196,3 +198,11 @@ def test_probe_script_reads_out_both_feature_sets(scenes_dir, tmp_path):
     missing = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "holds no scenes.json" in missing.stderr
+
+
+def test_two_object_share_shapes_training_only(tmp_path):
+    """--two-object-share 1: every training scene holds two objects; dev and test still mix one and two."""
+    main(["--out", str(tmp_path), "--n", "200", "--seed", "0", "--two-object-share", "1"])
+    scenes, splits = load_scenes(tmp_path), read_splits(tmp_path)
+    assert {len(scenes[name]["objects"]) for name in splits["train"]} == {2}
+    assert {len(scenes[name]["objects"]) for name in splits["val"] + splits["test"]} == {1, 2}
