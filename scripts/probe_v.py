@@ -1,6 +1,6 @@
 """How much of each object's colour and shape a linear read-out finds in v, on two-object scenes.
 
-    python scripts/probe_v.py --data data/synth20k          # after python -m model.synthetic ... --seed 0
+    python scripts/probe_v.py --data data/synth30k          # any folder made by python -m model.synthetic
 
 For --train two-object training scenes and --val two-object validation scenes (each validation
 scene holds a colour-shape pair training never showed), fits one linear classifier per attribute
