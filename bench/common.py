@@ -110,10 +110,9 @@ def repeat_timed(call: Callable[[], object], repeats: int) -> list[float]:
     return seconds
 
 
-def naive_seconds(weights: Path, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
+def naive_seconds(naive: Captioner, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
     """The naive baseline per image: the service's own PIL decode, then bench.naive.naive_caption
-    on the same weights, loaded in fp32 with an NCHW CNN."""
-    naive = naive_captioner(weights, Settings().device)
+    on `naive` (in_process_captioner(weights, naive=True))."""
     return repeat_timed(lambda: naive_caption(naive, decode_image(jpeg, MAX_PIXELS), beam_size), repeats)
 
 
@@ -149,9 +148,12 @@ def server_settings() -> dict:
     return {"max_batch_size": settings.max_batch_size, "max_batch_wait_ms": settings.max_batch_wait_ms}
 
 
-def in_process_captioner(weights: Path) -> Captioner:
-    """The model as the server loads it, on the device it picks, for timings in this process."""
+def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
+    """The model as the server loads it, on the device it picks, for timings in this process; with
+    naive, the same weights as bench.naive.naive_captioner loads them (fp32 decoder, NCHW CNN)."""
     settings = Settings()
+    if naive:
+        return naive_captioner(weights, settings.device)
     return Captioner.load(weights, settings.device, settings.decoder_precision)
 
 

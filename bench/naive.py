@@ -27,10 +27,10 @@ from model.weights import load_weights
 
 
 def naive_encoder(encoder: Encoder) -> Encoder:
-    """A copy with the CNN weights in PyTorch's default NCHW layout (BatchNorms stay folded, as
-    build_encoder makes them: this only makes the baseline faster, the ratios smaller). The service's are channels-last
+    """A copy with the CNN weights in PyTorch's default NCHW layout. The service's are channels-last
     (model.encoder.build_encoder), and a convolution follows its weights' layout: with those, an NCHW
-    input alone would still run channels-last."""
+    input alone would still run channels-last. The BatchNorms stay folded, as build_encoder makes
+    them: that only makes the baseline faster and the ratios smaller."""
     return copy.deepcopy(encoder).to(memory_format=torch.contiguous_format)
 
 
