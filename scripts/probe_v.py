@@ -16,16 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.data import load_dataset
+from model.data import ImageCaptions, load_dataset
 from model.encoder import build_encoder
 from model.features import extract_features
 from model.synthetic import COLOURS, SHAPES, load_scenes
 
 
-def two_object_scenes(data: Path, split: str, limit: int) -> tuple[list[Path], torch.Tensor]:
+def two_object_scenes(items: list[ImageCaptions], scenes: dict[str, dict], limit: int) -> tuple[list[Path], torch.Tensor]:
     """Paths and labels [N, 4]: left colour, right colour, left shape, right shape."""
-    scenes = load_scenes(data)
-    items = [item for item in load_dataset(data).split(split) if len(scenes[item.image_path.name]["objects"]) == 2]
+    items = [item for item in items if len(scenes[item.image_path.name]["objects"]) == 2]
     paths, labels = [], []
     for item in items[:limit]:
         left, right = scenes[item.image_path.name]["objects"]
@@ -63,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "scenes.json").is_file():
         parser.error(f"{args.data} holds no scenes.json: make it with python -m model.synthetic")
     encoder = build_encoder()
-    (train_paths, train_y), (val_paths, val_y) = (two_object_scenes(args.data, split, limit)
+    dataset, scenes = load_dataset(args.data), load_scenes(args.data)
+    (train_paths, train_y), (val_paths, val_y) = (two_object_scenes(dataset.split(split), scenes, limit)
                                                   for split, limit in (("train", args.train), ("val", args.val)))
     if not len(train_y) or not len(val_y):
         parser.error(f"{args.data} has no two-object scenes in its train or val split")
