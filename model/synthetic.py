@@ -117,7 +117,7 @@ def _a(phrase: str) -> str:
 
 
 def caption_scene(scene: dict) -> list[str]:
-    """Five captions, lightly varied in wording; objects left to right unless the wording says otherwise."""
+    """Five captions, lightly varied in wording, each naming the objects left to right."""
     background = f"{scene['background']} background"
     full = [_a(f"{o['size']} {o['colour']} {o['shape']}") for o in scene["objects"]]
     bare = [_a(f"{o['colour']} {o['shape']}") for o in scene["objects"]]
@@ -134,7 +134,7 @@ def caption_scene(scene: dict) -> list[str]:
         f"{left} to the left of {right} on a {background}",
         f"{left} next to {right} on a {background}",
         f"there is {left} to the left of {right} against a {background}",
-        f"{right} to the right of {left} on a {background}",
+        f"{left} with {right} to its right on a {background}",
         f"{bare[0]} and {bare[1]} on a {background}",
     ]
 
