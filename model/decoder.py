@@ -28,7 +28,7 @@ State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # h [N, H], c [N, H], W
 @dataclass
 class DecoderConfig:
     vocab_size: int
-    feature_dim: int  # the encoder's: 2368 for the default efficientnet-lite0
+    feature_dim: int  # the encoder's: 1408 for the default efficientnet-lite0
     embed_dim: int = 256
     hidden_dim: int = 512
     dropout: float = 0.3

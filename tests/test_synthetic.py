@@ -195,8 +195,8 @@ def test_probe_script_reads_out_both_feature_sets(scenes_dir, tmp_path):
     result = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(scenes_dir),
                              "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"head mean only \(1280-d\)\s+\d+\.\d%", result.stdout)
-    assert re.search(r"whole v \(2368-d\)\s+\d+\.\d%", result.stdout)
+    assert re.search(r"classic v: head mean \(1280-d\)\s+\d+\.\d%", result.stdout)
+    assert re.search(r"v of the default encoder \(1408-d\)\s+\d+\.\d%", result.stdout)
     missing = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and "holds no scenes.json" in missing.stderr
