@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                                                   for split, limit in (("train", args.train), ("val", args.val)))
     if not len(train_y) or not len(val_y):
         parser.error(f"{args.data} has no two-object scenes in its train or val split")
-    classic = Encoder(encoder.name, HeadMean(encoder.trunk.net), 1280, encoder.preprocessing, encoder.weights_sha256)
+    net = encoder.trunk.net
+    classic = Encoder(encoder.name, HeadMean(net), net._conv_head.out_channels, encoder.preprocessing, encoder.weights_sha256)
     print(f"{len(train_y)} training and {len(val_y)} validation two-object scenes: both objects right")
     for name, features_of in (("classic v: head mean", classic), ("v of the default encoder", encoder)):
         table = extract_features(features_of, train_paths + val_paths, args.cache_dir)
