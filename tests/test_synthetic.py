@@ -191,15 +191,16 @@ def test_synthetic_scores_by_object_count_and_by_pair(scenes_dir):
     assert 0 < scores["seen_pairs_named"] < 1  # seen objects that share a scene with a held-out one
 
 
-def test_probe_script_reads_out_both_feature_sets(scenes_dir, tmp_path):
+def test_probe_script_reads_out_every_pooling(scenes_dir, tmp_path):
     result = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(scenes_dir),
                              "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"classic v: head mean \(1280-d\)\s+\d+\.\d%", result.stdout)
-    assert re.search(r"v of the default encoder \(1408-d\)\s+\d+\.\d%", result.stdout)
+    assert "two-object scenes: both objects named right" in result.stdout
+    for pooling, dim in (("head-mean", 1280), ("grids", 1408), ("head-mean+grids", 2368)):
+        assert re.search(rf"{re.escape(pooling)} \({dim}-d\)\s+\d+\.\d%", result.stdout)
     missing = subprocess.run([sys.executable, "scripts/probe_v.py", "--data", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True)
-    assert missing.returncode == 2 and "holds no scenes.json" in missing.stderr
+    assert missing.returncode == 2 and "no dataset found" in missing.stderr
 
 
 def test_two_object_share_shapes_training_only(tmp_path):
