@@ -24,7 +24,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -40,6 +40,23 @@ LOOKED_FOR = (
     "captions.txt (Flickr8k, Kaggle), Flickr8k.token.txt (Flickr8k), dataset_*.json (Karpathy), "
     "annotations/captions_*.json or captions_*.json (COCO)"
 )
+
+
+# What a decoder trained on each kind of data set can be expected to describe: the weights' manifest
+# carries it ("note"), and the service shows it on /v1/model and its web page.
+DOMAINS = {
+    "Flickr8k": (
+        "Trained on Flickr8k: 6,000 everyday photos from Flickr, mostly people, children and dogs, often outdoors and "
+        "in action (running, jumping, climbing, playing in water, snow or on grass), each with five crowd-written "
+        "captions. Good at who is doing what and where in such photos, in a short generic sentence. Weak at what "
+        "Flickr8k rarely shows: most other animals, food, objects, indoor scenes, text, landmarks; it often gets "
+        "counts, small details and the exact activity wrong, and it never names people or places."
+    ),
+    "synthetic": (
+        "These weights describe synthetic scenes (coloured shapes on plain backgrounds), not photos. "
+        "Retrain on Flickr8k or COCO with: python -m model.train --data DIR --out runs/real --export weights"
+    ),
+}
 
 
 class DatasetFormatError(ValueError):
@@ -58,11 +75,23 @@ class CaptionDataset:
     name: str
     root: Path
     items: list[ImageCaptions]
+    missing: dict[str, str] = field(default_factory=dict)  # split -> why the data set has none of it
+
+    @property
+    def domain(self) -> str:
+        known = {name.lower(): text for name, text in DOMAINS.items()}  # Karpathy's files say "flickr8k"
+        return known.get(self.name.lower(), f"Trained on {self.name}.")
 
     def split(self, name: str) -> list[ImageCaptions]:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         return [item for item in self.items if item.split == name]
+
+    def why_empty(self, name: str) -> str:
+        """One sentence on why split `name` holds no images."""
+        reason = self.missing.get(name, "no image is assigned to it")
+        present = [s for s in SPLITS if any(item.split == s for item in self.items)]
+        return f"split {name!r} of {self.root} is empty: {reason} (splits present: {', '.join(present) or 'none'})"
 
 
 def load_dataset(path: str | Path) -> CaptionDataset:
@@ -180,7 +209,10 @@ def _flickr(caption_file: Path) -> CaptionDataset:
         for name, texts in captions.items()
         if name in split_of
     ]
-    return CaptionDataset(root.name, root, _require_items(items, caption_file))
+    missing = {split: f"{root / name} does not exist" for split, name in FLICKR_SPLIT_FILES.items()
+               if not (root / name).is_file() and split not in split_of.values()}
+    name = "synthetic" if (root / "scenes.json").is_file() else "Flickr8k"  # model.synthetic writes scenes.json
+    return CaptionDataset(name, root, _require_items(items, caption_file), missing)
 
 
 def _flickr_splits(root: Path, captions: dict[str, list[str]]) -> dict[str, str]:

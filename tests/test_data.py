@@ -42,7 +42,8 @@ def test_kaggle_csv_reads_commas_quotes_and_multiline_captions(tmp_path):
     )
     dataset = load_dataset(tmp_path)
     assert isinstance(dataset, CaptionDataset)
-    assert dataset.name == tmp_path.name and dataset.root == tmp_path
+    assert dataset.name == "Flickr8k" and dataset.root == tmp_path
+    assert "people, children and dogs" in dataset.domain
     assert dataset.items == [
         ImageCaptions(tmp_path / "Images" / "a.jpg", ("A dog runs.", 'A dog, brown, runs on "grass".'), "test"),
         ImageCaptions(tmp_path / "Images" / "b.jpg", ("Two cats\non a mat", "A cat, unquoted, on a mat"), "test"),
@@ -111,6 +112,9 @@ def test_only_some_split_files_present(tmp_path):
     splits(tmp_path, train=["a.jpg"])
     dataset = load_dataset(tmp_path)
     assert [(i.image_path.name, i.split) for i in dataset.items] == [("a.jpg", "train")]
+    assert dataset.why_empty("test") == (f"split 'test' of {tmp_path} is empty: {tmp_path / 'Flickr_8k.testImages.txt'} "
+                                         "does not exist (splits present: train)")
+    assert "devImages.txt does not exist" in dataset.why_empty("val")
 
 
 def test_split_file_naming_an_image_without_captions(tmp_path):
@@ -295,6 +299,7 @@ def test_karpathy_images_folder(tmp_path):
     write(tmp_path / "Images" / "a.jpg", "")  # only the first image decides the layout
     dataset = load_dataset(tmp_path)
     assert dataset.name == "flickr8k" and dataset.root == tmp_path
+    assert dataset.domain.startswith("Trained on Flickr8k")
     assert dataset.split("train") == [
         ImageCaptions(tmp_path / "Images" / "a.jpg", ("A dog, running.", 'A "dog"'), "train"),
         ImageCaptions(tmp_path / "Images" / "b.jpg", ("A cat",), "train"),
