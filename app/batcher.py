@@ -3,7 +3,7 @@
 One inference thread does all model work, the loading and warm-up included, so the event loop
 never blocks and the CPU threads of torch are not oversubscribed. The loop collects whatever is
 queued, waits up to max_wait for more (up to max_batch_size), runs the CNN once on all the images,
-then one batched beam search per distinct (beam_size, num_captions, max_length) in the batch.
+then one batched beam search per distinct (decoding, num_captions) in the batch.
 The wait is skipped while requests come one at a time (the last batch held one): a lone client
 would pay the whole window on every request and gain nothing.
 """
@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.metrics import Metrics
 from model import Captioner
+from model.captioner import Decoding
 
 
 T = TypeVar("T")
@@ -33,9 +34,8 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class Params:
-    beam_size: int = 3
+    decoding: Decoding
     num_captions: int = 1
-    max_length: int = 20
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Batcher:
         results: list = [None] * len(batch)
         for params in {job.params for job in batch}:
             rows = [i for i, job in enumerate(batch) if job.params == params]
-            captions = self.captioner.describe(features[rows], params.beam_size, params.num_captions, params.max_length)
+            captions = self.captioner.describe(features[rows], params.decoding, params.num_captions)
             for row, per_image in zip(rows, captions):
                 results[row] = per_image
         self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)

@@ -64,13 +64,14 @@ async def create_captions(
     batcher: Annotated[Batcher, Depends(get_batcher)],
     captioner: Annotated[Captioner, Depends(get_captioner)],
     settings: Annotated[Settings, Depends(get_settings)],
-    beam_size: Annotated[int, Query(ge=1, le=10, description="beams searched")] = 3,
+    beam_size: Annotated[int | None, Query(ge=1, le=10, description="beams searched (default: the model's, see /v1/model)")] = None,
     num_captions: Annotated[int, Query(ge=1, le=10, description="captions returned, at most beam_size")] = 1,
-    max_length: Annotated[int, Query(ge=5, le=50, description="most words in a caption")] = 20,
+    max_length: Annotated[int | None, Query(ge=5, le=50, description="most words in a caption (default: the model's)")] = None,
 ) -> CaptionResponse:
     started = time.perf_counter()
-    if num_captions > beam_size:
-        raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({beam_size})")
+    decoding = captioner.decoding.but(beam_size=beam_size, max_length=max_length)
+    if num_captions > decoding.beam_size:
+        raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({decoding.beam_size})")
     data = await image.read()
     try:
         # A few at a time: decoding a 40-megapixel image briefly takes a few hundred MB, and the
@@ -80,7 +81,7 @@ async def create_captions(
     except ImageRejected as rejected:
         raise HTTPException(rejected.status_code, rejected.detail) from None
     try:
-        result = await batcher.submit(picture, Params(beam_size, num_captions, max_length), settings.request_timeout_s)
+        result = await batcher.submit(picture, Params(decoding, num_captions), settings.request_timeout_s)
     except Overloaded:
         raise HTTPException(503, "too many requests queued; retry shortly", headers={"Retry-After": "1"}) from None
     except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
@@ -112,6 +113,8 @@ async def model_info(captioner: Annotated[Captioner, Depends(get_captioner)]) ->
         model=captioner.model_id,
         encoder=manifest["encoder"],
         vocab_size=len(captioner.vocab),
+        decoding=captioner.decoding.to_dict(),
+        data=manifest.get("data", {}),
         training=manifest.get("training", {}),
         scores=manifest.get("scores", {}),
         files_sha256=manifest["files"],

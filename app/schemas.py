@@ -5,7 +5,7 @@ from pydantic import BaseModel, Field
 
 
 class Caption(BaseModel):
-    text: str = Field(examples=["a large red circle on a white background"])
+    text: str = Field(examples=["a dog runs through the grass"])
     log_prob: float = Field(description="sum of the words' log-probabilities; higher is more likely", examples=[-1.7])
 
 
@@ -19,10 +19,12 @@ class ModelInfo(BaseModel):
     model: str
     encoder: dict
     vocab_size: int
+    decoding: dict = Field(description="the default decoding of /v1/captions, chosen on the validation split")
+    data: dict = Field(description="the data set the decoder was trained on, and its split sizes")
     training: dict
-    scores: dict
+    scores: dict = Field(description="per split, the captions' scores with the default decoding")
     files_sha256: dict[str, str]
-    note: str | None = None
+    note: str | None = Field(None, description="what the model was trained on, what it is good and bad at")
 
 
 class Error(BaseModel):

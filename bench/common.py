@@ -23,6 +23,8 @@ from app.images import decode_image
 from app.settings import Settings
 from bench.naive import naive_caption, naive_captioner
 from model import Captioner
+from model.captioner import Decoding
+from model.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -39,10 +41,16 @@ def parser(name: str, description: str, *, weights: bool) -> argparse.ArgumentPa
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     if weights:
         p.add_argument("--weights", type=Path, default=ROOT / "weights", help="weights folder (default: weights)")
-        p.add_argument("--beam-size", type=positive, default=3, help="beams searched per image (default 3, as the API)")
+        p.add_argument("--beam-size", type=positive,
+                       help="beams searched per image (default: the weights' serving default, as the API)")
     p.add_argument("--json", type=Path, default=RESULTS / f"{name}.json",
                    help=f"results file (default: bench/results/{name}.json)")
     return p
+
+
+def serving_beam_size(weights: Path) -> int:
+    """The beam size the service uses by default with these weights (their manifest's decoding)."""
+    return Decoding(**read_manifest(weights).get("decoding", {})).beam_size
 
 
 def positive(text: str) -> int:

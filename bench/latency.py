@@ -23,7 +23,7 @@ from app.schemas import Caption, CaptionResponse
 from app.local_server import running_server
 from bench.common import (
     MAX_PIXELS, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
-    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, write_json,
+    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, serving_beam_size, write_json,
 )
 
 ROUTE = "/v1/captions"
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=positive, default=10, help="untimed HTTP requests first (default 10)")
     p.add_argument("--repeats", type=positive, default=100, help="in-process timings of each stage and of naive (default 100)")
     args = p.parse_args(argv)
+    args.beam_size = args.beam_size or serving_beam_size(args.weights)
     jpeg = photo_jpeg()
 
     print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     captioner = in_process_captioner(args.weights)
     image = decode_image(jpeg, MAX_PIXELS)
     features = captioner.encode([image])
-    captions = captioner.describe(features, args.beam_size)[0]
+    decoding = captioner.decoding.but(beam_size=args.beam_size)
+    captions = captioner.describe(features, decoding)[0]
 
     def serialise() -> str:  # what the route builds, and the JSON it becomes
         response = CaptionResponse(captions=[Caption(text=t, log_prob=lp) for t, lp in captions],
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),
         "cnn": percentiles_ms(repeat_timed(lambda: captioner.encode([image]), args.repeats)),
-        "beam_search": percentiles_ms(repeat_timed(lambda: captioner.describe(features, args.beam_size), args.repeats)),
+        "beam_search": percentiles_ms(repeat_timed(lambda: captioner.describe(features, decoding), args.repeats)),
         "serialisation": percentiles_ms(repeat_timed(serialise, args.repeats)),
     }
     other_p50_ms = round(end_to_end["p50_ms"] - sum(s["p50_ms"] for s in stages.values()), 2)

@@ -23,7 +23,7 @@ import sys
 from app.local_server import running_server
 from bench.common import (
     drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser, photo_jpeg,
-    positive, print_table, server_settings, write_json,
+    positive, print_table, server_settings, serving_beam_size, write_json,
 )
 
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=positive, default=20, help="untimed requests before each level (default 20)")
     p.add_argument("--naive-images", type=positive, default=50, help="images through the naive loop (default 50)")
     args = p.parse_args(argv)
+    args.beam_size = args.beam_size or serving_beam_size(args.weights)
     jpeg = photo_jpeg()
 
     levels = []

@@ -33,11 +33,14 @@ def beam_search(
     max_length: int = 20,
     num_captions: int = 1,
     length_penalty: float = 0.0,
+    block_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """features [B, D] -> per image, the best `num_captions` distinct hypotheses, best first.
 
     A sentence has 1 to `max_length` words; one that reaches the limit without <end> is cut there.
-    beam_size=1 is greedy decoding. length_penalty=0 ranks by the plain log-probability."""
+    beam_size=1 is greedy decoding. length_penalty=0 ranks by the plain log-probability.
+    block_ngram=n > 0 forbids a word that would repeat an n-gram already in the sentence
+    ("a man in a red shirt and a red shirt" with n=3); 0 allows repeats."""
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
     B, K = features.size(0), beam_size
@@ -58,6 +61,8 @@ def beam_search(
     for t in range(max_length):
         log_probs, state = decoder.step(tokens, state)  # [B*K, V]
         log_probs[:, list(banned_ids)] = float("-inf")
+        if block_ngram and history.size(2) >= block_ngram:
+            log_probs.masked_fill_(_repeats(history, block_ngram, V).view(B * K, V), float("-inf"))
         if t == 0:
             log_probs[:, end_id] = float("-inf")  # a caption has at least one word
         log_probs = torch.where(finished.view(-1, 1), only_end, log_probs).view(B, K, V)
@@ -76,6 +81,16 @@ def beam_search(
     return [
         _best(history[b].tolist(), scores[b].tolist(), end_id, num_captions, length_penalty) for b in range(B)
     ]
+
+
+def _repeats(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """history [B, K, t] -> [B, K, V], True for each word that would end an n-gram the beam already holds."""
+    windows = history.unfold(2, n, 1)  # [B, K, t-n+1, n]: every n-gram so far
+    same_start = (windows[..., :-1] == history[..., None, history.size(2) - n + 1:]).all(-1)  # [B, K, t-n+1]
+    # The word that completed each n-gram whose first n-1 words are the beam's last n-1; else a spare column.
+    words = torch.where(same_start, windows[..., -1], vocab_size)  # [B, K, t-n+1]
+    blocked = torch.zeros(*history.shape[:2], vocab_size + 1, dtype=torch.bool, device=history.device)
+    return blocked.scatter_(2, words, True)[..., :vocab_size]
 
 
 def _best(

@@ -1,6 +1,7 @@
 """Captioner: encoder + decoder + vocabulary behind one call, shared by the service and the scripts."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,9 +31,25 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-def describe(
-    decoder: Decoder, vocab: Vocab, features: torch.Tensor, beam_size: int, num_captions: int, max_length: int
-) -> Captions:
+@dataclass(frozen=True)
+class Decoding:
+    """How beam search writes a caption. Chosen on the validation split and kept in the weights'
+    manifest ("decoding"), so that the service and model.evaluate decode alike by default."""
+
+    beam_size: int = 3
+    length_penalty: float = 0.0  # rank finished beams by log p / length ** length_penalty
+    block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
+    max_length: int = 20  # words
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def but(self, **changes) -> Decoding:
+        """A copy with the given fields changed; None leaves a field as it is."""
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+
+def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1) -> Captions:
     """Beam search from image features [B, D] to texts."""
     hypotheses = beam_search(
         decoder,
@@ -40,9 +57,11 @@ def describe(
         start_id=vocab.start_id,
         end_id=vocab.end_id,
         banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id),  # <unk> is never shown, the others are not words
-        beam_size=beam_size,
-        max_length=max_length,
+        beam_size=decoding.beam_size,
+        max_length=decoding.max_length,
         num_captions=num_captions,
+        length_penalty=decoding.length_penalty,
+        block_ngram=decoding.block_ngram,
     )
     return [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
 
@@ -59,6 +78,7 @@ class Captioner:
         self.vocab = vocab
         self.manifest = manifest
         self.model_id = manifest["model_id"]
+        self.decoding = Decoding(**manifest.get("decoding", {}))  # the serving defaults
         self.device = next(decoder.parameters()).device
 
     @classmethod
@@ -69,21 +89,18 @@ class Captioner:
         it did when the training features were cached."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
-        encoder_name = manifest.get("encoder", {}).get("name")
-        if not encoder_name:
-            raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder")
+        encoder = manifest.get("encoder", {})
+        if not encoder.get("name") or not encoder.get("pooling"):
+            raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
         decoder = decoder.to(device).for_inference(resolve_precision(precision, device))
-        return cls(build_encoder(encoder_name, device), decoder, vocab, manifest)
+        return cls(build_encoder(encoder["name"], device, encoder["pooling"]), decoder, vocab, manifest)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]
 
-    def describe(
-        self, features: torch.Tensor, beam_size: int = 3, num_captions: int = 1, max_length: int = 20
-    ) -> Captions:
-        return describe(self.decoder, self.vocab, features.to(self.device), beam_size, num_captions, max_length)
+    def describe(self, features: torch.Tensor, decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
+        """decoding: the weights' own (self.decoding) unless given."""
+        return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions)
 
-    def caption(
-        self, images: list[Image.Image], beam_size: int = 3, num_captions: int = 1, max_length: int = 20
-    ) -> Captions:
-        return self.describe(self.encode(images), beam_size, num_captions, max_length)
+    def caption(self, images: list[Image.Image], decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
+        return self.describe(self.encode(images), decoding, num_captions)

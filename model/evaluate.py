@@ -1,6 +1,12 @@
 """Score captions with the COCO caption metrics (pycocoevalcap): BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
-    python -m model.evaluate --weights weights --data DIR --split test --beam-size 3 --json scores.json
+    python -m model.evaluate --weights weights --data DIR --split val --json scores.json
+    python -m model.evaluate --weights weights --data DIR --split val --beam-size 5 --block-ngram 3 --set-defaults
+
+Captions are written as the service writes them: with the decoding the weights' manifest names
+(beam size, length penalty, n-gram blocking, chosen on the validation split), unless a flag
+changes it. --set-defaults makes the decoding used the weights' new serving default and records the
+scores in the manifest.
 
 Both sides are tokenized with model.vocab.tokenize (lowercase, punctuation stripped), the same
 normalisation as PTBTokenizer for plain English, without a Java process per call. METEOR needs
@@ -20,11 +26,11 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from model.captioner import Captioner, describe
+from model.captioner import Captioner, Decoding, describe
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.features import extract_features
+from model.features import atomic_write, extract_features, report_skipped
 from model.vocab import tokenize
-from model.weights import WeightsError
+from model.weights import MANIFEST_FILE, WeightsError, verify
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -42,25 +48,24 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     return {name: None if scores[name] is None else float(scores[name]) for name in METRICS}
 
 
-def caption_items(
-    decoder, vocab, features: torch.Tensor, beam_size: int, max_length: int = 20, batch_size: int = 256
-) -> list[str]:
+def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, batch_size: int = 256) -> list[str]:
     """Best caption for each row of features [N, D], decoded in batches of images."""
     captions = []
     for chunk in features.split(batch_size):
-        captions += [best[0][0] for best in describe(decoder, vocab, chunk, beam_size, 1, max_length)]
+        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding)]
     return captions
 
 
 def evaluate_split(
-    captioner: Captioner, items: list[ImageCaptions], beam_size: int, cache_dir: Path, meteor: bool = True
+    captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, cache_dir: Path, meteor: bool = True
 ) -> tuple[dict, dict[str, str]]:
     """Scores of the captioner on `items`, and its caption for each image file name."""
     table = extract_features(captioner.encoder, [item.image_path for item in items], cache_dir)
+    report_skipped(table)
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
     features = table.features[[rows[item.image_path] for item in items]]
-    captions = caption_items(captioner.decoder, captioner.vocab, features, beam_size)
+    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding)
     predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
     references = {item.image_path.name: list(item.captions) for item in items}
     scores = score_captions(predictions, references, meteor)
@@ -80,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="weights", help="trained decoder folder (default: weights)")
     parser.add_argument("--data", required=True, help="dataset: Flickr8k folder, COCO captions json or Karpathy json")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--beam-size", type=int, default=3)
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--beam-size", type=int, help="default: the weights' (manifest decoding)")
+    parser.add_argument("--length-penalty", type=float, help="rank beams by log p / length^this (default: the weights')")
+    parser.add_argument("--block-ngram", type=int, help="forbid repeating an n-gram of this size, 0 allows (default: the weights')")
+    parser.add_argument("--max-length", type=int, help="most words in a caption (default: the weights')")
+    parser.add_argument("--set-defaults", action="store_true",
+                        help="record this decoding as the weights' serving default, and these scores in their manifest")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder (default: cache)")
@@ -89,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
     args = parser.parse_args(argv)
-    if args.beam_size < 1:
-        parser.error("--beam-size must be at least 1")
+    for name in ("beam_size", "max_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.block_ngram is not None and args.block_ngram < 0:
+        parser.error("--block-ngram must be 0 or more")
 
     try:
         dataset = load_dataset(args.data)
@@ -99,14 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     items = dataset.split(args.split)
     if not items:
-        parser.exit(2, f"error: split {args.split!r} of {args.data} is empty\n")
+        parser.exit(2, f"error: {dataset.why_empty(args.split)}\n")
     if not shutil.which("java"):
         print("java not found: METEOR is skipped, the other metrics are computed", file=sys.stderr)
 
-    scores, predictions = evaluate_split(captioner, items, args.beam_size, args.cache_dir)
+    decoding = captioner.decoding.but(beam_size=args.beam_size, length_penalty=args.length_penalty,
+                                      block_ngram=args.block_ngram, max_length=args.max_length)
+    scores, predictions = evaluate_split(captioner, items, decoding, args.cache_dir)
     scores |= synthetic_scores(Path(args.data), predictions)
-    print(f"{dataset.name} / {args.split} / beam {args.beam_size} / {captioner.model_id}")
+    shown = ", ".join(f"{name} {value}" for name, value in decoding.to_dict().items())
+    print(f"{dataset.name} / {args.split} / {shown} / {captioner.model_id}")
     print_table(scores)
+    if args.set_defaults:
+        manifest = verify(args.weights)
+        manifest["decoding"] = decoding.to_dict()
+        manifest.setdefault("scores", {})[args.split] = {**scores, "split": args.split, **decoding.to_dict()}
+        text = json.dumps(manifest, indent=2) + "\n"
+        atomic_write(Path(args.weights) / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(text))
+        print(f"{args.weights}: serving decoding and {args.split} scores recorded in {MANIFEST_FILE}")
     if args.json:
         args.json.write_text(json.dumps(scores, indent=2) + "\n")
     if args.captions_out:

@@ -110,3 +110,32 @@ def test_length_penalty_favours_longer_captions():
 def test_num_captions_above_beam_size_is_refused():
     with pytest.raises(ValueError, match="num_captions"):
         beam_search(tiny_decoder(0), torch.randn(1, 3), start_id=START, end_id=END, beam_size=2, num_captions=3)
+
+
+def ngram_repeats(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_block_ngram_forbids_repeats_and_only_them(n):
+    decoder = tiny_decoder(7)
+    features = torch.randn(8, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=8, num_captions=3)
+    plain = beam_search(decoder, features, **kwargs)
+    blocked = beam_search(decoder, features, block_ngram=n, **kwargs)
+    assert any(ngram_repeats(h.tokens, n) for r in plain for h in r)  # three words repeat soon: a real test
+    assert not any(ngram_repeats(h.tokens, n) for r in blocked for h in r)
+    for r_plain, r_blocked in zip(plain, blocked):  # a best caption with no repeat is found either way
+        if not ngram_repeats(r_plain[0].tokens, n):
+            assert r_blocked[0].tokens == r_plain[0].tokens
+
+
+def test_block_ngram_equals_exhaustive_search_over_sentences_without_repeats():
+    decoder = tiny_decoder(8)
+    features = torch.randn(2, 3)
+    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+                          beam_size=60, max_length=4, num_captions=3, block_ngram=2)
+    for b in range(2):
+        expected = [(lp, w) for lp, w in exhaustive(decoder, features[b], 4) if not ngram_repeats(w, 2)][:3]
+        assert [h.tokens for h in results[b]] == [words for _, words in expected]

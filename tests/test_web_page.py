@@ -53,13 +53,14 @@ def test_upload_shows_captions_and_scores(page, tmp_path):
     assert "captioner-" in page.locator("#status").inner_text()
 
 
-def test_model_note_is_shown_when_the_manifest_has_one(page, server):
-    note = httpx.get(f"{server}/v1/model").json()["note"]
-    if note is None:
-        assert page.locator("#model-note").is_hidden()
-    else:
-        page.wait_for_selector("#model-note:not([hidden])", timeout=10_000)
-        assert page.locator("#model-note").inner_text() == note
+def test_the_page_says_what_the_model_was_trained_on_and_how_it_scores(page, server):
+    info = httpx.get(f"{server}/v1/model").json()
+    page.wait_for_selector("#model-note:not([hidden])", timeout=10_000)
+    assert page.locator("#model-note").inner_text() == info["note"]
+    assert "Flickr8k" in info["note"] and "Weak at" in info["note"]
+    scores = page.locator("#model-scores").inner_text()
+    assert scores.startswith("Flickr8k validation split: BLEU-4 ") and f"CIDEr {info['scores']['val']['CIDEr']:.3f}" in scores
+    assert page.locator("#beam").input_value() == str(info["decoding"]["beam_size"])
 
 
 def test_a_4xx_is_shown_as_an_error(page, tmp_path):

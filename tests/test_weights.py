@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from model import Captioner
+from model.captioner import Decoding
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
 from model.vocab import Vocab
@@ -23,7 +24,8 @@ def weights_dir(tmp_path_factory):
     vocab = Vocab.build(["a red circle on a white background", "a blue square"], min_count=1)
     decoder = Decoder(DecoderConfig(len(vocab), encoder.feature_dim, 8, 16, 0.0))
     directory = tmp_path_factory.mktemp("weights")
-    save_weights(directory, decoder, vocab, {"encoder": {"name": encoder.name, "fingerprint": encoder.fingerprint}})
+    save_weights(directory, decoder, vocab,
+                 {"encoder": {"name": encoder.name, "pooling": encoder.pooling, "fingerprint": encoder.fingerprint}})
     return directory
 
 
@@ -38,7 +40,7 @@ def test_round_trip(weights_dir):
 def test_captioner_returns_distinct_sorted_captions(weights_dir):
     captioner = Captioner.load(weights_dir, "cpu")
     results = captioner.caption([Image.new("RGB", (64, 48), "red"), Image.new("RGB", (30, 30), "blue")],
-                                beam_size=4, num_captions=3, max_length=6)
+                                Decoding(beam_size=4, max_length=6), num_captions=3)
     assert len(results) == 2
     for captions in results:
         texts = [text for text, _ in captions]
@@ -95,5 +97,5 @@ def test_no_unsafe_unpickling_anywhere_in_the_code():
 def test_the_decoder_runs_in_the_precision_asked_for(weights_dir, precision, dtype):
     captioner = Captioner.load(weights_dir, "cpu", precision)
     assert captioner.decoder.w_hidden.weight.dtype == dtype
-    [[(text, log_prob)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], beam_size=2, max_length=6)
+    [[(text, log_prob)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], Decoding(beam_size=2, max_length=6))
     assert text and log_prob < 0

@@ -73,10 +73,19 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+// What the model knows (its training data, what it is good and bad at) and its default beam size.
 fetch("/v1/model").then((r) => (r.ok ? r.json() : null)).then((info) => {
-  if (info && info.note) {
+  if (!info) return;
+  if (info.note) {
     const note = document.getElementById("model-note");
     note.textContent = info.note;
     note.hidden = false;
   }
+  const val = info.scores && info.scores.val;
+  if (val && val.CIDEr != null && info.data && info.data.name) {
+    const scores = document.getElementById("model-scores");
+    scores.textContent = `${info.data.name} validation split: BLEU-4 ${val["BLEU-4"].toFixed(3)}, CIDEr ${val.CIDEr.toFixed(3)}`;
+    scores.hidden = false;
+  }
+  if (info.decoding) document.getElementById("beam").value = info.decoding.beam_size;
 }).catch(() => {});
