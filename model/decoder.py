@@ -88,6 +88,38 @@ class Decoder(nn.Module):
         h, c = self._cell(gates, c)
         return F.log_softmax(self.out(h.to(dtype)).float(), dim=-1), (h, c, image_gates)
 
+    def sample(
+        self, features: torch.Tensor, start_id: int, end_id: int, banned_ids: list[int], max_length: int, greedy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one sentence per row of features [N, D]: greedy takes the likeliest word at each step,
+        otherwise each word is drawn from the decoder's distribution (self-critical training).
+
+        Returns words [N, T] and their log-probabilities [N, T], T <= max_length + 1 (the words then
+        <end>); after a row's <end> its words are pad_id and its log-probabilities 0. The
+        log-probabilities carry gradients when autograd is on."""
+        N = features.size(0)
+        tokens = torch.full((N,), start_id, dtype=torch.long, device=features.device)
+        state = self.start(features)
+        done = torch.zeros(N, dtype=torch.bool, device=features.device)
+        words, log_probs = [], []
+        for t in range(max_length + 1):
+            scores, state = self.step(tokens, state)  # [N, V]
+            banned = [*banned_ids, end_id] if t == 0 else banned_ids  # at least one word
+            scores = scores.index_fill(1, torch.tensor(banned, device=scores.device), float("-inf"))
+            if t == max_length:  # the longest sentence ends here
+                tokens = torch.full_like(tokens, end_id)
+            elif greedy:
+                tokens = scores.argmax(1)
+            else:
+                tokens = torch.multinomial(scores.detach().softmax(1), 1).squeeze(1)
+            chosen = scores.log_softmax(1).gather(1, tokens[:, None]).squeeze(1)  # [N], renormalised after the bans
+            words.append(tokens.masked_fill(done, self.config.pad_id))
+            log_probs.append(chosen.masked_fill(done, 0.0) if t < max_length else torch.zeros_like(chosen))  # forced: not learnt
+            done = done | (tokens == end_id)
+            if done.all():
+                break
+        return torch.stack(words, 1), torch.stack(log_probs, 1)
+
     @torch.no_grad()
     def for_inference(self, dtype: torch.dtype = torch.float32) -> Decoder:
         """Frozen for decoding only, in place: W_x folded into the word table, so each step looks up

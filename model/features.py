@@ -1,26 +1,48 @@
-"""Run the CNN once per image and cache the pooled features on disk.
+"""Run the CNN once per image and view, and cache the pooled features on disk.
 
-The cache file is keyed by the encoder's fingerprint (name, weights sha256, preprocessing) and
-by the list of images with their sizes and modification times, so a changed encoder or a
-changed data set never reuses stale features. A corrupt or unreadable image is skipped with a
-warning naming it, and counted; it never stops the extraction.
+A view is a photo seen another way before the encoder's own preprocessing: mirrored, or zoomed in
+on its centre. The CNN is frozen, so augmenting the training photos means more cached feature rows
+(one table per view), not slower epochs: training draws one view per caption per step.
+
+The cache file is keyed by the encoder's fingerprint (name, weights sha256, preprocessing,
+pooling), the view, and the list of images with their sizes and modification times, so a changed
+encoder or a changed data set never reuses stale features. A missing, corrupt or truncated image
+is skipped with a warning naming it, and counted; it never stops the extraction.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.encoder import Encoder
+
+
+ZOOM = 0.8  # the zoomed views keep the centre 80% of each side
+
+
+def _zoom(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    left, top = round(width * (1 - ZOOM) / 2), round(height * (1 - ZOOM) / 2)
+    return image.crop((left, top, width - left, height - top))
+
+
+VIEWS = {
+    "plain": lambda image: image,  # the only view served and validated
+    "flip": ImageOps.mirror,
+    "zoom": _zoom,
+    "zoom-flip": lambda image: ImageOps.mirror(_zoom(image)),
+}
 
 
 @dataclass
@@ -34,9 +56,10 @@ class FeatureTable:
 
 
 class _Images(Dataset):
-    def __init__(self, paths: list[Path], encoder: Encoder):
+    def __init__(self, paths: list[Path], encoder: Encoder, view: str):
         self.paths = paths
         self.transform = encoder.transform
+        self.view = VIEWS[view]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,7 +67,7 @@ class _Images(Dataset):
     def __getitem__(self, i: int):
         try:
             with Image.open(self.paths[i]) as image:
-                return i, self.transform(image.convert("RGB"))
+                return i, self.transform(self.view(image.convert("RGB")))
         except (OSError, ValueError, Image.DecompressionBombError) as error:  # PIL's errors for bad files
             return i, f"{type(error).__name__}: {error}"
 
@@ -53,8 +76,8 @@ def _collate(batch):
     return batch
 
 
-def _cache_key(encoder: Encoder, paths: list[Path]) -> str:
-    digest = hashlib.sha256(encoder.fingerprint.encode())
+def _cache_key(encoder: Encoder, paths: list[Path], view: str) -> str:
+    digest = hashlib.sha256(f"{encoder.fingerprint}:view={view}".encode())
     for path in (p.resolve() for p in paths):
         stat = path.stat() if path.exists() else None
         digest.update(f"\n{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}".encode())
@@ -77,11 +100,14 @@ def atomic_write(path: Path, write) -> None:
 
 
 def extract_features(
-    encoder: Encoder, paths: list[Path], cache_dir: str | Path, batch_size: int = 8, workers: int = 1
+    encoder: Encoder, paths: list[Path], cache_dir: str | Path, batch_size: int = 8, workers: int = 1,
+    view: str = "plain",
 ) -> FeatureTable:
-    """Features of every readable image in `paths`, from the cache when it has them."""
+    """Features of every readable image in `paths` seen through `view`, from the cache when it has them."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {', '.join(VIEWS)}")
     paths = sorted(set(paths))
-    cache_file = Path(cache_dir) / f"features-{_cache_key(encoder, paths)}.safetensors"
+    cache_file = Path(cache_dir) / f"features-{_cache_key(encoder, paths, view)}.safetensors"
     if cache_file.is_file():
         stored = load_file(cache_file)
         return _table(stored["features"], paths, stored["kept"].bool())
@@ -89,9 +115,9 @@ def extract_features(
     device = next(encoder.parameters()).device
     features = torch.zeros(len(paths), encoder.feature_dim)
     kept = torch.zeros(len(paths), dtype=torch.bool)
-    loader = DataLoader(_Images(paths, encoder), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    loader = DataLoader(_Images(paths, encoder, view), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"features ({encoder.name})", unit="batch", leave=False):
+        for batch in tqdm(loader, desc=f"features ({encoder.name}, {view})", unit="batch", leave=False):
             good = [(i, pixels) for i, pixels in batch if isinstance(pixels, torch.Tensor)]
             for i, problem in batch:
                 if isinstance(problem, str):
@@ -108,3 +134,11 @@ def extract_features(
 
 def _table(features: torch.Tensor, paths: list[Path], kept: torch.Tensor) -> FeatureTable:
     return FeatureTable(features, [p for p, k in zip(paths, kept) if k], [p for p, k in zip(paths, kept) if not k])
+
+
+def report_skipped(table: FeatureTable, shown: int = 20) -> None:
+    """Name the images the table lacks, on stderr: a skipped photo is never a silent drop."""
+    if table.skipped:
+        names = "".join(f"\n  {path}" for path in table.skipped[:shown])
+        more = f"\n  ... and {len(table.skipped) - shown} more" if len(table.skipped) > shown else ""
+        print(f"skipped {len(table.skipped)} unreadable images:{names}{more}", file=sys.stderr)

@@ -2,12 +2,20 @@
 
     python -m model.train --data DIR --out runs/NAME --export weights
     python -m model.train --data DIR --out runs/NAME --resume          # continue exactly where it stopped
+    python -m model.train --data DIR --out runs/SCST --init runs/NAME/best --scst   # self-critical fine-tuning
     torchrun --nproc_per_node=2 -m model.train --data DIR --out runs/NAME   # DistributedDataParallel
 
-The CNN runs once per image (model.features caches its output); every epoch then trains the
-decoder on (feature, caption) pairs, scores beam search on the validation split, writes a
-checkpoint atomically and stops early when validation CIDEr stops improving. The best epoch
-is saved as a weights folder (out/best) scored on the test split; --export copies it.
+The CNN runs once per image and view (model.features caches its output); every epoch then trains
+the decoder on (feature, caption) pairs with cross-entropy, each caption seeing one of its photo's
+views at random. With --scst it instead fine-tunes a trained decoder with self-critical sequence
+training (Rennie et al. 2017): for each photo it draws --scst-samples captions, scores each by
+CIDEr-D against the photo's references, and raises the log-probability of those that beat the
+greedy caption's CIDEr-D (REINFORCE with the greedy caption as baseline).
+
+After each epoch: beam search on the validation split with the decoding flags, a checkpoint
+written atomically, and an early stop when validation CIDEr stops improving. The best epoch is
+saved as a weights folder (out/best), scored on the validation split (and the test split, if the
+data set has one) with every metric, and --export copies it.
 """
 from __future__ import annotations
 
@@ -27,22 +35,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from model.captioner import Captioner
+from model.captioner import Captioner, Decoding
+from model.cider import CiderD
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.decoder import Decoder, DecoderConfig
-from model.encoder import DEFAULT_ENCODER, EncoderUnavailable, build_encoder
+from model.encoder import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, EncoderUnavailable, build_encoder
 from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
-from model.features import FeatureTable, atomic_write, extract_features
-from model.vocab import Vocab
-from model.weights import save_weights, verify
+from model.features import VIEWS, FeatureTable, atomic_write, extract_features, report_skipped
+from model.vocab import Vocab, tokenize
+from model.weights import WeightsError, load_weights, save_weights, verify
 
 CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
-    "data", "encoder", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "dropout",
-    "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words", "patience", "val_beam_size", "precision",
-    "seed",
+    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "epochs", "batch_size", "lr", "weight_decay",
+    "warmup_epochs", "clip", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
+    "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
 )
 
 
@@ -53,8 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export", type=Path, help="copy the best weights folder here at the end (e.g. weights)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"CNN encoder (default {DEFAULT_ENCODER})")
+    p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help=f"how the CNN becomes v (default {DEFAULT_POOLING})")
+    p.add_argument("--views", default="plain", help=f"comma-separated views of each training photo, cached once: {', '.join(VIEWS)}")
+    p.add_argument("--init", help="start from this trained weights folder (its vocabulary, sizes and encoder)")
+    p.add_argument("--scst", action="store_true", help="self-critical training on CIDEr-D instead of cross-entropy (needs --init)")
+    p.add_argument("--scst-samples", type=int, default=5, help="captions drawn per photo and step with --scst")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128, help="captions per step (per process under torchrun)")
+    p.add_argument("--batch-size", type=int, default=128, help="captions per step (photos with --scst; per process under torchrun)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear warm-up, then cosine decay to 0")
@@ -66,7 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
     p.add_argument("--max-words", type=int, default=30, help="longer training captions are cut")
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better val CIDEr")
-    p.add_argument("--val-beam-size", type=int, default=3)
+    default = Decoding()
+    p.add_argument("--beam-size", type=int, default=default.beam_size, help="decoding for validation and the weights' serving default")
+    p.add_argument("--length-penalty", type=float, default=default.length_penalty, help="rank beams by log p / length^this")
+    p.add_argument("--block-ngram", type=int, default=default.block_ngram, help="forbid repeating an n-gram of this size (0: allow)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16 autocast for the decoder's matmuls (about 2x faster on CPUs with AVX512-BF16 and on GPUs)")
     p.add_argument("--seed", type=int, default=0)
@@ -74,11 +91,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache (default: cache)")
     p.add_argument("--workers", type=int, default=1, help="image-decoding processes for feature extraction")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "min_count", "max_words", "val_beam_size"):
+    for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "min_count", "max_words", "beam_size", "scst_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.dropout < 1 or not 0 <= args.label_smoothing < 1:
         p.error("--dropout and --label-smoothing must be in [0, 1)")
+    if args.block_ngram < 0:
+        p.error("--block-ngram must be 0 or more")
+    args.views = args.views.split(",") if isinstance(args.views, str) else args.views
+    if unknown := [v for v in args.views if v not in VIEWS] or (["(none)"] if "plain" not in args.views else []):
+        p.error(f"--views: unknown {', '.join(unknown)}; choose from {', '.join(VIEWS)}, plain included")
+    if args.scst and not args.init and not args.resume:
+        p.error("--scst fine-tunes a trained decoder: pass its weights folder with --init")
     return args
 
 
@@ -125,24 +149,59 @@ def make_optimizer(decoder: Decoder, lr: float, weight_decay: float) -> torch.op
     return torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, tokens: torch.Tensor,
-               pad_id: int, bf16: bool, clip: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """One optimizer step on features [B, D] and their captions tokens [B, T]; returns the loss."""
-    tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]  # drop all-pad columns
-    with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
-        loss = model(features, tokens, label_smoothing)  # through DDP when distributed: it syncs the gradients
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, tokens: torch.Tensor,
+               pad_id: int, bf16: bool, clip: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """One cross-entropy step on features [B, D] and their captions' tokens [B, T]; returns the loss."""
+    tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]  # drop all-pad columns
+    with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
+        loss = model(features, tokens, label_smoothing)  # through DDP when distributed: it syncs the gradients
+    optimizer_step(model, optimizer, loss, clip)
     return loss.detach()
 
 
-def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[ImageCaptions], beam_size: int) -> dict:
+class Rewards:
+    """CIDEr-D of sampled captions against the training references of their photos."""
+
+    def __init__(self, items: list[ImageCaptions], rows: dict[Path, int], vocab: Vocab):
+        self.vocab = vocab
+        self.references = {rows[item.image_path]: [tokenize(c) for c in item.captions] for item in items if item.image_path in rows}
+        self.cider = CiderD(list(self.references.values()))
+
+    def __call__(self, words: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """words [N, T] (pad after <end>), rows [N] -> CIDEr-D [N]."""
+        texts = [[self.vocab.words[i] for i in sentence if i > self.vocab.unk_id] for sentence in words.tolist()]
+        return torch.tensor([self.cider.score(text, self.references[row], key=row) for text, row in zip(texts, rows.tolist())])
+
+
+def scst_step(decoder: Decoder, optimizer: torch.optim.Optimizer, features: torch.Tensor, rows: torch.Tensor,
+              rewards: Rewards, samples: int, bf16: bool, clip: float, max_length: int) -> tuple[torch.Tensor, float]:
+    """One self-critical step on photos' features [B, D]: returns the loss and the mean reward of the samples."""
+    vocab = rewards.vocab
+    sample = dict(start_id=vocab.start_id, end_id=vocab.end_id, banned_ids=[vocab.pad_id, vocab.start_id, vocab.unk_id],
+                  max_length=max_length)
+    with torch.no_grad(), torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
+        greedy, _ = decoder.sample(features, greedy=True, **sample)  # [B, T]
+    with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
+        words, log_probs = decoder.sample(features.repeat_interleave(samples, 0), greedy=False, **sample)  # [B*S, T]
+    drawn = rewards(words, rows.repeat_interleave(samples))  # [B*S]
+    advantage = (drawn - rewards(greedy, rows).repeat_interleave(samples)).to(log_probs.device)  # [B*S]
+    loss = -(advantage[:, None] * log_probs).sum() / (words != vocab.pad_id).sum()  # per word written
+    optimizer_step(decoder, optimizer, loss, clip)
+    return loss.detach(), drawn.mean().item()
+
+
+def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[ImageCaptions], decoding: Decoding) -> dict:
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
-    captions = caption_items(decoder, vocab, table.features[[rows[i.image_path] for i in items]], beam_size)
+    captions = caption_items(decoder, vocab, table.features[[rows[i.image_path] for i in items]], decoding)
     predictions = {str(item.image_path): caption for item, caption in zip(items, captions)}
     references = {str(item.image_path): list(item.captions) for item in items}
     return score_captions(predictions, references, meteor=False)
@@ -151,6 +210,8 @@ def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[Im
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.scst:
+        raise SystemExit("error: --scst runs in one process; start it without torchrun")
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -178,37 +239,57 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dataset = load_dataset(args.data)
-        encoder = build_encoder(args.encoder, device)
-    except (DatasetFormatError, EncoderUnavailable, ValueError) as error:
+        init = load_weights(args.init) if args.init else None
+        if init is not None:  # the decoder's encoder, not the flags', so that its features match
+            args.encoder, args.pooling = init[2]["encoder"]["name"], init[2]["encoder"].get("pooling", DEFAULT_POOLING)
+        encoder = build_encoder(args.encoder, device, args.pooling)
+    except (DatasetFormatError, EncoderUnavailable, WeightsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     train_items, val_items = dataset.split("train"), dataset.split("val")
     if not train_items:
-        raise SystemExit(f"error: {args.data} has no training split")
+        raise SystemExit(f"error: {dataset.why_empty('train')}")
     paths = [item.image_path for item in train_items + val_items]
+
+    def views() -> list[FeatureTable]:
+        return [extract_features(encoder, paths, args.cache_dir, workers=args.workers, view=view) for view in args.views]
+
     if is_main:
-        table = extract_features(encoder, paths, args.cache_dir, workers=args.workers)
+        tables = views()
     if distributed:
         dist.barrier()  # the other ranks then read the cache rank 0 wrote
     if not is_main:
-        table = extract_features(encoder, paths, args.cache_dir, workers=args.workers)
-    if table.skipped and is_main:
-        print(f"skipped {len(table.skipped)} unreadable images (named in the warnings above)", file=sys.stderr)
+        tables = views()
+    table = tables[0]  # plain: the view validated and served
+    if is_main:
+        report_skipped(table)
 
-    vocab_path = args.out / "vocab.json"
     if checkpoint is not None:
         vocab = Vocab(checkpoint["vocab"])
+    elif init is not None:
+        vocab = init[1]
     else:
         vocab = Vocab.build((c for item in train_items for c in item.captions), args.min_count)
     if is_main:
-        vocab.save(vocab_path)
-    pairs = caption_tensors(train_items, table.rows(), vocab, args.max_words)
-    features = table.features.to(device)  # [N_images, D]
+        vocab.save(args.out / "vocab.json")
+    features = torch.stack([t.features for t in tables]).to(device)  # [views, N_images, D], rows as in table.rows()
+    if args.scst:
+        rewards = Rewards(train_items, table.rows(), vocab)
+        examples = TensorDataset(torch.tensor(sorted(rewards.references)))  # each training photo once an epoch
+    else:
+        examples = caption_tensors(train_items, table.rows(), vocab, args.max_words)
 
-    config = DecoderConfig(len(vocab), encoder.feature_dim, args.embed_dim, args.hidden_dim, args.dropout, vocab.pad_id)
+    if init is not None:
+        config = init[0].config
+        config.dropout = args.dropout
+    else:
+        config = DecoderConfig(len(vocab), encoder.feature_dim, args.embed_dim, args.hidden_dim, args.dropout, vocab.pad_id)
     torch.manual_seed(args.seed)  # here, after feature extraction, whose data loader draws from the same generator
     decoder = Decoder(config).to(device)
-    sampler = DistributedSampler(pairs, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    loader = DataLoader(pairs, batch_size=args.batch_size, sampler=sampler, drop_last=False)
+    if init is not None:
+        decoder.load_state_dict(init[0].state_dict())
+    decoding = Decoding(args.beam_size, args.length_penalty, args.block_ngram)
+    sampler = DistributedSampler(examples, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    loader = DataLoader(examples, batch_size=args.batch_size, sampler=sampler, drop_last=False)
     optimizer = make_optimizer(decoder, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(args.warmup_epochs * len(loader)), args.epochs * len(loader))
@@ -229,18 +310,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resuming {args.out} after epoch {start_epoch} (best val CIDEr {best_cider:.4f})")
     model = DistributedDataParallel(decoder) if distributed else decoder
     started = time.time() - sum(h["seconds"] for h in history)
+    bf16 = args.precision == "bf16"
 
     for epoch in range(start_epoch, args.epochs):
         epoch_start = time.time()
         sampler.set_epoch(epoch)
         model.train()
-        total = torch.zeros(2, device=device)
-        for rows, tokens in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False):
-            rows, tokens = rows.to(device), tokens.to(device)
-            loss = train_step(model, optimizer, features[rows], tokens, vocab.pad_id, args.precision == "bf16", args.clip,
-                              args.label_smoothing)
+        total = torch.zeros(3, device=device)  # loss sum, examples, reward sum
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not is_main, leave=False):
+            rows = batch[0].to(device)
+            view = torch.randint(len(tables), rows.shape, device=device)  # one view per caption (or photo)
+            if args.scst:
+                loss, reward = scst_step(decoder, optimizer, features[view, rows], rows, rewards, args.scst_samples, bf16,
+                                         args.clip, decoding.max_length)
+            else:
+                loss, reward = train_step(model, optimizer, features[view, rows], batch[1].to(device), vocab.pad_id, bf16,
+                                          args.clip, args.label_smoothing), 0.0
             scheduler.step()
-            total += torch.stack([loss * len(rows), torch.tensor(float(len(rows)), device=device)])
+            total += torch.tensor([loss.item() * len(rows), float(len(rows)), reward * len(rows)], device=device)
         if distributed:
             dist.all_reduce(total)
         train_loss = (total[0] / total[1]).item()
@@ -248,24 +335,27 @@ def main(argv: list[str] | None = None) -> int:
         stop = torch.zeros(1, device=device)
         if is_main:
             decoder.eval()
-            val = validate(decoder, vocab, table, val_items, args.val_beam_size) if val_items else {}
+            val = validate(decoder, vocab, table, val_items, decoding) if val_items else {}
             cider = val.get("CIDEr", -train_loss)  # without a val split, track the loss instead
             seconds = time.time() - epoch_start
             record = {
                 "epoch": epoch + 1, "loss": train_loss, "val_BLEU-4": val.get("BLEU-4"), "val_CIDEr": val.get("CIDEr"),
                 "seconds": seconds, "world_size": world,
             }
+            if args.scst:
+                record["train_reward"] = (total[2] / total[1]).item()
             history.append(record)
             if cider > best_cider:
                 best_cider, stale_epochs = cider, 0
-                save_weights(args.out / "best", decoder, vocab, manifest(args, dataset.name, encoder, record, started))
+                save_weights(args.out / "best", decoder, vocab, manifest(args, dataset, encoder, decoding, record, started))
             else:
                 stale_epochs += 1
             save_checkpoint(checkpoint_path, args, decoder, optimizer, scheduler, epoch, best_cider, stale_epochs, history, vocab)
             with open(args.out / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             shown = f"val BLEU-4 {val['BLEU-4']:.4f}  val CIDEr {val['CIDEr']:.4f}" if val else "no val split"
-            print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {train_loss:.4f}  {shown}  {seconds:.1f}s", flush=True)
+            reward = f"  reward {record['train_reward']:.4f}" if args.scst else ""
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {train_loss:.4f}{reward}  {shown}  {seconds:.1f}s", flush=True)
             stop[0] = float(stale_epochs >= args.patience)
         if distributed:
             dist.broadcast(stop, src=0)
@@ -281,12 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def manifest(args: argparse.Namespace, data_name: str, encoder, record: dict, started: float) -> dict:
-    synthetic = (Path(args.data) / "scenes.json").is_file()
+def manifest(args: argparse.Namespace, dataset, encoder, decoding: Decoding, record: dict, started: float) -> dict:
+    splits = {name: dataset.split(name) for name in ("train", "val", "test")}
     return {
-        "encoder": {"name": encoder.name, "fingerprint": encoder.fingerprint, "weights_sha256": encoder.weights_sha256},
+        "encoder": {"name": encoder.name, "pooling": encoder.pooling, "fingerprint": encoder.fingerprint,
+                    "weights_sha256": encoder.weights_sha256},
+        "decoding": decoding.to_dict(),
+        "data": {
+            "name": dataset.name,
+            "splits": {name: {"images": len(items), "captions": sum(len(i.captions) for i in items)}
+                       for name, items in splits.items() if items},
+        },
         "training": {
-            "data": "synthetic scenes (python -m model.synthetic)" if synthetic else data_name,
             "split": "train",
             "command": " ".join(["python -m model.train", *sys.argv[1:]]),
             "best_epoch": record["epoch"],
@@ -294,13 +390,8 @@ def manifest(args: argparse.Namespace, data_name: str, encoder, record: dict, st
             "settings": {name: getattr(args, name) for name in RUN_SETTINGS if name != "data"},
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         },
-        "scores": {"val": {"BLEU-4": record["val_BLEU-4"], "CIDEr": record["val_CIDEr"], "beam_size": args.val_beam_size}},
-        "note": (
-            "These weights describe synthetic scenes (coloured shapes on plain backgrounds), not photos. "
-            "Retrain on Flickr8k or COCO with: python -m model.train --data DIR --out runs/real --export weights"
-            if synthetic
-            else f"Trained on {data_name}."
-        ),
+        "scores": {"val": {"BLEU-4": record["val_BLEU-4"], "CIDEr": record["val_CIDEr"], **decoding.to_dict()}},
+        "note": dataset.domain,
     }
 
 
@@ -323,19 +414,22 @@ def save_checkpoint(path, args, decoder, optimizer, scheduler, epoch, best_cider
 
 
 def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: float) -> None:
-    """Score the best weights on the test split, record it in their manifest, export them."""
+    """Score the best weights on every split but train with every metric, record it in their manifest, export them."""
     best = args.out / "best"
-    test_items = dataset.split("test")
-    if test_items:
-        captioner = Captioner.load(best, device)
-        scores, predictions = evaluate_split(captioner, test_items, args.val_beam_size, args.cache_dir)
+    captioner = Captioner.load(best, device)
+    full = verify(best)
+    for split in ("val", "test"):
+        items = dataset.split(split)
+        if not items:
+            print(f"no {split} scores: {dataset.why_empty(split)}")
+            continue
+        scores, predictions = evaluate_split(captioner, items, captioner.decoding, args.cache_dir)
         scores |= synthetic_scores(Path(args.data), predictions)
-        full = verify(best)
-        full["scores"]["test"] = {**scores, "split": "test", "beam_size": args.val_beam_size}
-        full["training"]["seconds"] = round(seconds, 1)
-        # atomic: a kill here must not leave best/ with half a manifest, which would refuse to load for good
-        atomic_write(best / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
-        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+        full["scores"][split] = {**scores, "split": split, **captioner.decoding.to_dict()}
+        print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
+    full["training"]["seconds"] = round(seconds, 1)
+    # atomic: a kill here must not leave best/ with half a manifest, which would refuse to load for good
+    atomic_write(best / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
     if args.export:
         shutil.copytree(best, args.export, dirs_exist_ok=True)
         print(f"exported {best} -> {args.export}")

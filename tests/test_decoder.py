@@ -1,5 +1,7 @@
 import copy
 
+import pytest
+
 import torch
 
 import torch.nn.functional as F
@@ -113,3 +115,44 @@ def test_bf16_inference_keeps_the_state_and_the_log_probs_in_fp32():
     assert log_probs.dtype == h.dtype == c.dtype == torch.float32
     assert torch.allclose(log_probs, expected, atol=0.05)
     assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in bf16
+
+
+def sample(decoder, features, greedy, max_length=6):
+    return decoder.sample(features, start_id=START, end_id=END, banned_ids=[PAD, START, 3], max_length=max_length,
+                          greedy=greedy)
+
+
+def test_greedy_sample_is_beam_search_of_width_one():
+    from model.beam import beam_search
+
+    decoder = tiny_decoder(seed=1)
+    features = torch.randn(6, 6)
+    with torch.no_grad():
+        words, _ = sample(decoder, features, greedy=True)
+    beams = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, 3), beam_size=1, max_length=6)
+    for row, hypotheses in zip(words.tolist(), beams):
+        sentence = row[: row.index(END)] if END in row else row
+        assert sentence == hypotheses[0].tokens
+
+
+def test_sampled_log_probs_are_the_decoders_and_stop_at_end():
+    decoder = tiny_decoder(seed=2)
+    features = torch.randn(32, 6)
+    torch.manual_seed(0)
+    words, log_probs = sample(decoder, features, greedy=False)  # [32, T]
+    assert words.shape == log_probs.shape and words.size(1) <= 7
+    for row in range(32):
+        sentence = words[row].tolist()
+        end = sentence.index(END)  # every row ends, by max_length at the latest
+        assert all(w not in (PAD, START, 3, END) for w in sentence[:end])
+        assert all(w == PAD for w in sentence[end + 1 :]) and (log_probs[row, end + 1 :] == 0).all()
+        state, previous, expected = decoder.start(features[row : row + 1]), START, []
+        for t, word in enumerate(sentence[: end + 1]):
+            scores, state = decoder.step(torch.tensor([previous]), state)
+            scores[0, [PAD, START, 3] + ([END] if t == 0 else [])] = float("-inf")
+            expected.append(scores.log_softmax(1)[0, word].item() if t < 6 else 0.0)  # the forced <end> is not learnt
+            previous = word
+        assert log_probs[row, : end + 1].tolist() == pytest.approx(expected, abs=1e-5)
+    assert len({tuple(r) for r in words.tolist()}) > 1  # drawn, not the same sentence every time
+    log_probs.sum().backward()
+    assert decoder.w_image.weight.grad.abs().sum() > 0

@@ -53,7 +53,7 @@ def test_loss_falls_and_each_epoch_is_logged(trained):
     assert [r["epoch"] for r in log] == list(range(1, 9))
     assert log[-1]["loss"] < 0.5 * log[0]["loss"]
     assert log[-1]["val_CIDEr"] > log[0]["val_CIDEr"]
-    assert "val CIDEr" in result.stdout and "test:" in result.stdout
+    assert "val CIDEr" in result.stdout and "val:" in result.stdout and "test:" in result.stdout
 
 
 def test_a_held_out_scene_gets_a_sensible_caption(trained, synthetic):
@@ -65,7 +65,7 @@ def test_a_held_out_scene_gets_a_sensible_caption(trained, synthetic):
     from PIL import Image
 
     item = test_items[0]
-    [[(caption, log_prob)]] = captioner.caption([Image.open(item.image_path)], beam_size=3)
+    [[(caption, log_prob)]] = captioner.caption([Image.open(item.image_path)])
     scene = scenes[item.image_path.name]
     assert scene["background"] in caption.split()
     assert any(obj["shape"] in caption.split() for obj in scene["objects"])
@@ -75,8 +75,9 @@ def test_a_held_out_scene_gets_a_sensible_caption(trained, synthetic):
 def test_manifest_records_data_scores_and_hashes(trained):
     out, _, _ = trained
     manifest = json.loads((out / "best" / "manifest.json").read_text())
-    assert manifest["training"]["data"].startswith("synthetic")
+    assert manifest["data"]["name"] == "synthetic"
     assert "synthetic" in manifest["note"]
+    assert set(manifest["scores"]["val"]) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}
     assert set(manifest["scores"]["test"]) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "n_images"}
     assert manifest["encoder"]["name"] == "efficientnet-lite0"
 
