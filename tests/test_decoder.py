@@ -156,3 +156,17 @@ def test_sampled_log_probs_are_the_decoders_and_stop_at_end():
     assert len({tuple(r) for r in words.tolist()}) > 1  # drawn, not the same sentence every time
     log_probs.sum().backward()
     assert decoder.w_image.weight.grad.abs().sum() > 0
+
+
+def test_first_words_are_drawn_with_the_decoders_probabilities():
+    decoder = tiny_decoder(seed=3)
+    features = torch.randn(1, 6)
+    with torch.no_grad():
+        scores, _ = decoder.step(torch.tensor([START]), decoder.start(features))
+        scores[0, [PAD, START, 3, END]] = float("-inf")
+        expected = scores.softmax(1)[0]  # [9]
+        torch.manual_seed(0)
+        words, _ = sample(decoder, features.expand(20000, 6), greedy=False, max_length=1)
+    drawn = torch.bincount(words[:, 0], minlength=9) / 20000
+    assert drawn[[PAD, START, 3, END]].sum() == 0
+    assert torch.allclose(drawn, expected, atol=0.015)
