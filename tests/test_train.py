@@ -86,14 +86,18 @@ def decoder_weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["decoder"]
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
+@pytest.mark.parametrize("objective", ["cross-entropy", "self-critical"])
+def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, trained, tmp_path, objective):
     root, data = synthetic
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
-    assert train(root, data, full, "--epochs", "3").returncode == 0
+    extra = ["--epochs", "3"]
+    if objective == "self-critical":
+        extra += ["--init", str(trained[0] / "best"), "--scst", "--scst-samples", "2", "--lr", "1e-4"]
+    assert train(root, data, full, *extra).returncode == 0
 
     command = [sys.executable, "-m", "model.train", "--data", str(data), "--out", str(interrupted),
                "--cache-dir", str(root / "cache"), "--hidden-dim", "128", "--embed-dim", "64", "--min-count", "1",
-               "--batch-size", "64", "--lr", "5e-3", "--workers", "0", "--epochs", "3"]
+               "--batch-size", "64", "--lr", "5e-3", "--workers", "0", *extra]
     process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (interrupted / "checkpoint.pt").exists() and time.time() < deadline:
