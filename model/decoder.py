@@ -81,12 +81,13 @@ class Decoder(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One word for each of N sentences: tokens [N] -> next-word log-probabilities [N, V], new state.
-        The matmuls run in the weights' dtype; the state, the cell and the log-probabilities in fp32."""
+        The matmuls run in the weights' dtype; the state, the cell and the log-probabilities in fp32.
+        In training mode the dropout falls where teacher forcing has it (self-critical training)."""
         h, c, image_gates = state
         dtype = self.w_hidden.weight.dtype
-        gates = image_gates.float() + self.w_word(self.embed(tokens)) + self.w_hidden(h.to(dtype))  # [N, 4H], fp32
+        gates = image_gates.float() + self.w_word(self.dropout(self.embed(tokens))) + self.w_hidden(h.to(dtype))  # [N, 4H]
         h, c = self._cell(gates, c)
-        return F.log_softmax(self.out(h.to(dtype)).float(), dim=-1), (h, c, image_gates)
+        return F.log_softmax(self.out(self.dropout(h).to(dtype)).float(), dim=-1), (h, c, image_gates)
 
     def sample(
         self, features: torch.Tensor, start_id: int, end_id: int, banned_ids: list[int], max_length: int, greedy: bool
@@ -96,10 +97,10 @@ class Decoder(nn.Module):
 
         Returns words [N, T] and their log-probabilities [N, T], T <= max_length + 1 (the words then
         <end>); after a row's <end> its words are pad_id and its log-probabilities 0. The
-        log-probabilities carry gradients when autograd is on."""
+        log-probabilities carry gradients when autograd is on; in training mode, with dropout."""
         N = features.size(0)
         tokens = torch.full((N,), start_id, dtype=torch.long, device=features.device)
-        state = self.start(features)
+        state = self.start(self.dropout(features))
         done = torch.zeros(N, dtype=torch.bool, device=features.device)
         words, log_probs = [], []
         for t in range(max_length + 1):

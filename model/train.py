@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
@@ -49,8 +50,8 @@ CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
-    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "epochs", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "clip", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
+    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs", "batch_size", "lr", "weight_decay",
+    "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
     "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
 )
 
@@ -67,12 +68,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", help="start from this trained weights folder (its vocabulary, sizes and encoder)")
     p.add_argument("--scst", action="store_true", help="self-critical training on CIDEr-D instead of cross-entropy (needs --init)")
     p.add_argument("--scst-samples", type=int, default=5, help="captions drawn per photo and step with --scst")
+    p.add_argument("--scst-baseline", choices=("greedy", "mean"), default="greedy",
+                   help="what a drawn caption's CIDEr-D must beat: the greedy caption's (Rennie et al.), or the mean of "
+                        "the photo's other drawn captions (Luo 2020; no greedy decoding)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128, help="captions per step (photos with --scst; per process under torchrun)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear warm-up, then cosine decay to 0")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold (0: off)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="validate and keep an exponential moving average of the weights with this decay per step (0: off)")
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--embed-dim", type=int, default=256)
@@ -98,11 +104,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--dropout and --label-smoothing must be in [0, 1)")
     if args.block_ngram < 0:
         p.error("--block-ngram must be 0 or more")
+    if not 0 <= args.ema < 1:
+        p.error("--ema must be in [0, 1)")
     args.views = args.views.split(",") if isinstance(args.views, str) else args.views
     if unknown := [v for v in args.views if v not in VIEWS] or (["(none)"] if "plain" not in args.views else []):
         p.error(f"--views: unknown {', '.join(unknown)}; choose from {', '.join(VIEWS)}, plain included")
     if args.scst and not args.init and not args.resume:
         p.error("--scst fine-tunes a trained decoder: pass its weights folder with --init")
+    if args.scst_baseline == "mean" and args.scst_samples < 2:
+        p.error("--scst-baseline mean needs --scst-samples 2 or more")
     return args
 
 
@@ -182,17 +192,24 @@ class Rewards:
 
 
 def scst_step(decoder: Decoder, optimizer: torch.optim.Optimizer, features: torch.Tensor, rows: torch.Tensor,
-              rewards: Rewards, samples: int, bf16: bool, clip: float, max_length: int) -> tuple[torch.Tensor, float]:
+              rewards: Rewards, samples: int, baseline: str, bf16: bool, clip: float, max_length: int
+              ) -> tuple[torch.Tensor, float]:
     """One self-critical step on photos' features [B, D]: returns the loss and the mean reward of the samples."""
     vocab = rewards.vocab
     sample = dict(start_id=vocab.start_id, end_id=vocab.end_id, banned_ids=[vocab.pad_id, vocab.start_id, vocab.unk_id],
                   max_length=max_length)
-    with torch.no_grad(), torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
-        greedy, _ = decoder.sample(features, greedy=True, **sample)  # [B, T]
     with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
         words, log_probs = decoder.sample(features.repeat_interleave(samples, 0), greedy=False, **sample)  # [B*S, T]
     drawn = rewards(words, rows.repeat_interleave(samples))  # [B*S]
-    advantage = (drawn - rewards(greedy, rows).repeat_interleave(samples)).to(log_probs.device)  # [B*S]
+    if baseline == "greedy":  # the caption the decoder would write now: without dropout
+        with torch.no_grad(), torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
+            greedy, _ = decoder.eval().sample(features, greedy=True, **sample)  # [B, T]
+        decoder.train()
+        expected = rewards(greedy, rows).repeat_interleave(samples)  # [B*S]
+    else:  # each sample against the mean of its photo's other samples
+        per_photo = drawn.view(-1, samples)  # [B, S]
+        expected = ((per_photo.sum(1, keepdim=True) - per_photo) / (samples - 1)).view(-1)
+    advantage = (drawn - expected).to(log_probs.device)  # [B*S]
     loss = -(advantage[:, None] * log_probs).sum() / (words != vocab.pad_id).sum()  # per word written
     optimizer_step(decoder, optimizer, loss, clip)
     return loss.detach(), drawn.mean().item()
@@ -281,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if init is not None:
         config = init[0].config
         config.dropout = args.dropout
+        args.embed_dim, args.hidden_dim = config.embed_dim, config.hidden_dim  # the manifest tells the truth
     else:
         config = DecoderConfig(len(vocab), encoder.feature_dim, args.embed_dim, args.hidden_dim, args.dropout, vocab.pad_id)
     torch.manual_seed(args.seed)  # here, after feature extraction, whose data loader draws from the same generator
@@ -294,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(args.warmup_epochs * len(loader)), args.epochs * len(loader))
     )
+    # The weights validated and saved: the decoder's, or their moving average.
+    averaged = AveragedModel(decoder, multi_avg_fn=get_ema_multi_avg_fn(args.ema)) if args.ema else None
+    kept = averaged.module if averaged else decoder
     start_epoch, best_cider, stale_epochs, history = 0, -1.0, 0, []
     if checkpoint is not None:
         decoder.load_state_dict(checkpoint["decoder"])
+        if averaged:
+            averaged.load_state_dict(checkpoint["averaged"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, best_cider, stale_epochs = checkpoint["epoch"] + 1, checkpoint["best_cider"], checkpoint["stale_epochs"]
@@ -321,12 +344,14 @@ def main(argv: list[str] | None = None) -> int:
             rows = batch[0].to(device)
             view = torch.randint(len(tables), rows.shape, device=device)  # one view per caption (or photo)
             if args.scst:
-                loss, reward = scst_step(decoder, optimizer, features[view, rows], rows, rewards, args.scst_samples, bf16,
-                                         args.clip, decoding.max_length)
+                loss, reward = scst_step(decoder, optimizer, features[view, rows], rows, rewards, args.scst_samples,
+                                         args.scst_baseline, bf16, args.clip, decoding.max_length)
             else:
                 loss, reward = train_step(model, optimizer, features[view, rows], batch[1].to(device), vocab.pad_id, bf16,
                                           args.clip, args.label_smoothing), 0.0
             scheduler.step()
+            if averaged:
+                averaged.update_parameters(decoder)
             total += torch.tensor([loss.item() * len(rows), float(len(rows)), reward * len(rows)], device=device)
         if distributed:
             dist.all_reduce(total)
@@ -334,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
         stop = torch.zeros(1, device=device)
         if is_main:
-            decoder.eval()
-            val = validate(decoder, vocab, table, val_items, decoding) if val_items else {}
+            kept.eval()
+            val = validate(kept, vocab, table, val_items, decoding) if val_items else {}
             cider = val.get("CIDEr", -train_loss)  # without a val split, track the loss instead
             seconds = time.time() - epoch_start
             record = {
@@ -347,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             history.append(record)
             if cider > best_cider:
                 best_cider, stale_epochs = cider, 0
-                save_weights(args.out / "best", decoder, vocab, manifest(args, dataset, encoder, decoding, record, started))
+                save_weights(args.out / "best", kept, vocab, manifest(args, dataset, encoder, decoding, record, started))
             else:
                 stale_epochs += 1
-            save_checkpoint(checkpoint_path, args, decoder, optimizer, scheduler, epoch, best_cider, stale_epochs, history, vocab)
+            save_checkpoint(checkpoint_path, args, decoder, averaged, optimizer, scheduler, epoch, best_cider, stale_epochs,
+                            history, vocab)
             with open(args.out / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             shown = f"val BLEU-4 {val['BLEU-4']:.4f}  val CIDEr {val['CIDEr']:.4f}" if val else "no val split"
@@ -395,9 +421,11 @@ def manifest(args: argparse.Namespace, dataset, encoder, decoding: Decoding, rec
     }
 
 
-def save_checkpoint(path, args, decoder, optimizer, scheduler, epoch, best_cider, stale_epochs, history, vocab) -> None:
+def save_checkpoint(path, args, decoder, averaged, optimizer, scheduler, epoch, best_cider, stale_epochs, history,
+                    vocab) -> None:
     state = {
         "decoder": decoder.state_dict(),
+        **({"averaged": averaged.state_dict()} if averaged else {}),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,

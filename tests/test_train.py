@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from model import Captioner
@@ -82,15 +83,11 @@ def test_manifest_records_data_scores_and_hashes(trained):
     assert manifest["encoder"]["name"] == "efficientnet-lite0"
 
 
-def decoder_weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["decoder"]
-
-
 @pytest.mark.parametrize("objective", ["cross-entropy", "self-critical"])
 def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, trained, tmp_path, objective):
     root, data = synthetic
     full, interrupted = tmp_path / "full", tmp_path / "interrupted"
-    extra = ["--epochs", "3"]
+    extra = ["--epochs", "3", "--ema", "0.9"]  # the moving average is part of what must resume exactly
     if objective == "self-critical":
         extra += ["--init", str(trained[0] / "best"), "--scst", "--scst-samples", "2", "--lr", "1e-4"]
     assert train(root, data, full, *extra).returncode == 0
@@ -113,8 +110,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, trained, tmp
     log_a = [json.loads(line)["loss"] for line in (full / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(line)["loss"] for line in (interrupted / "log.jsonl").read_text().splitlines()]
     assert log_a == log_b
-    a, b = decoder_weights(full / "checkpoint.pt"), decoder_weights(interrupted / "checkpoint.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for part in ("decoder", "averaged"):
+        a, b = (torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)[part] for run in (full, interrupted))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    best_a, best_b = (safetensors.torch.load_file(run / "best" / "decoder.safetensors") for run in (full, interrupted))
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
 def test_unwritable_output_fails_before_training(synthetic, tmp_path):
