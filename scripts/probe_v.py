@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.encoder import POOLINGS, build_encoder
-from model.features import extract_features
+from model.features import extract_features, report_skipped
 from model.synthetic import COLOURS, SHAPES, load_scenes
 from model.vocab import tokenize
 
@@ -124,12 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     if not len(train_y) or not len(val_y):
         parser.error(f"{args.data} has nothing to probe in its train or val split")
 
-    print(f"{len(train_y)} training and {len(val_y)} validation {what}")
-    for pooling in POOLINGS:
+    for n, pooling in enumerate(POOLINGS):
         encoder = build_encoder(pooling=pooling)
         table = extract_features(encoder, train_paths + val_paths, args.cache_dir)
         rows = table.rows()
         kept = [[i for i, p in enumerate(paths) if p in rows] for paths in (train_paths, val_paths)]  # unreadable: skipped
+        if n == 0:
+            report_skipped(table)
+            print(f"{len(kept[0])} training and {len(kept[1])} validation {what}")
         train_x = table.features[[rows[train_paths[i]] for i in kept[0]]]
         val_x = table.features[[rows[val_paths[i]] for i in kept[1]]]
         score = probe(train_x, train_y[kept[0]], val_x, val_y[kept[1]])

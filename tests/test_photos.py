@@ -5,6 +5,7 @@ the original layout) also holds a photo listed but missing and one truncated JPE
 and named, never a crash and never a silent drop. Like the shared folder, it has no test split.
 """
 import json
+import re
 import os
 import subprocess
 import sys
@@ -117,3 +118,21 @@ def test_self_critical_fine_tuning_runs_on_photos(trained, photos):
     manifest = json.loads((scst / "best" / "manifest.json").read_text())
     assert manifest["training"]["settings"]["scst"] and manifest["training"]["settings"]["init"] == str(out / "best")
     assert json.loads((scst / "vocab.json").read_text()) == json.loads((out / "best" / "vocab.json").read_text())
+
+
+def test_compare_fit_scores_squeeze_crop_and_pad(trained, photos):
+    out, _ = trained
+    result = run("scripts/compare_fit.py", "--weights", str(out / "best"), "--data", str(photos))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("as stored", "4:3", "3:4"))]
+    assert [row[-4] for row in rows] == ["squeeze"] + ["squeeze", "crop", "pad"] * 2
+    assert all(0 <= float(row[-1]) for row in rows)  # CIDEr
+
+
+def test_probe_reads_caption_words_out_of_every_pooling(photos):
+    result = run("scripts/probe_v.py", "--data", str(photos), "--cache-dir", str(photos.parent / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{TRAIN} training and {VAL} validation photos: mean average precision of" in result.stdout
+    assert "skipped 2 unreadable images" in result.stderr
+    for pooling, dim in (("head-mean", 1280), ("grids", 1408), ("head-mean+grids", 2368)):
+        assert re.search(rf"{re.escape(pooling)} \({dim}-d\)\s+\d+\.\d%", result.stdout)
