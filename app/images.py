@@ -7,7 +7,7 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
-DECODED_SIDE = 448  # the encoder resizes the shorter side to 256: larger decoded images only cost memory
+DECODED_SIDE = 448  # the encoder squeezes every image to 224 x 224: larger decoded images only cost memory
 TOO_LARGE = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
