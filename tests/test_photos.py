@@ -136,3 +136,15 @@ def test_probe_reads_caption_words_out_of_every_pooling(photos):
     assert "skipped 2 unreadable images" in result.stderr
     for pooling, dim in (("head-mean", 1280), ("grids", 1408), ("head-mean+grids", 2368)):
         assert re.search(rf"{re.escape(pooling)} \({dim}-d\)\s+\d+\.\d%", result.stdout)
+
+
+def test_examples_captions_every_example_photo_and_the_first_val_photos(trained, photos):
+    out, _ = trained
+    result = run("scripts/examples.py", "--weights", str(out / "best"), "--data", str(photos), "--val", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
+    examples = sorted(path.name for path in (ROOT / "docs" / "examples").glob("*.jpg"))
+    assert [row[0].split("(docs/examples/")[1].rstrip(")") for row in rows[: len(examples)]] == examples
+    val = [row[0].strip("| `") for row in rows[len(examples):]]
+    assert len(val) == 3 and set(val) <= set((photos / "Flickr_8k.devImages.txt").read_text().split())
+    assert all(row[1].strip() for row in rows)  # every photo got a caption
