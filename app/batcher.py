@@ -20,7 +20,7 @@ from typing import TypeVar
 from PIL import Image
 
 from app.metrics import Metrics
-from model import Captioner
+from model.captioner import Captioner
 from model.captioner import Decoding
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.images import decode_image
 from app.settings import Settings
 from bench.naive import naive_caption, naive_captioner
-from model import Captioner
+from model.captioner import Captioner
 from model.captioner import Decoding
 from model.weights import read_manifest
 

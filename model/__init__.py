@@ -1,4 +1,5 @@
-"""captioner's model: frozen CNN encoder -> image vector v -> LSTM decoder -> beam search."""
-from model.captioner import Captioner
+"""captioner's model: frozen CNN encoder -> image vector v -> LSTM decoder -> beam search.
 
-__all__ = ["Captioner"]
+Submodules are imported by name (model.captioner, model.train, ...): importing the package alone
+loads no torch, so that `python -m model.synthetic --help` answers at once.
+"""

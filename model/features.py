@@ -12,9 +12,7 @@ is skipped with a warning naming it, and counted; it never stops the extraction.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.encoder import Encoder
+from model.files import atomic_write
 
 
 ZOOM = 0.8  # the zoomed views keep the centre 80% of each side
@@ -82,21 +81,6 @@ def _cache_key(encoder: Encoder, paths: list[Path], view: str) -> str:
         stat = path.stat() if path.exists() else None
         digest.update(f"\n{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}".encode())
     return digest.hexdigest()[:24]
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`: readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def extract_features(

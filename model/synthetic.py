@@ -10,7 +10,6 @@ train on these; they are no substitute for real photos.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from model import cli
 from model.vocab import tokenize
 
 IMAGE_SIZE = 224
@@ -184,10 +184,10 @@ def generate(out: Path, n: int, seed: int, holdout_fraction: float, two_object_s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("model.synthetic", __doc__)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n", type=int, required=True, help="number of scenes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="share of (colour, shape) pairs kept out of training")
     parser.add_argument("--two-object-share", type=float, default=0.5,
                         help="share of training scenes with two objects (dev and test: always half)")

@@ -1,6 +1,6 @@
 """Train the caption decoder on cached CNN features.
 
-    python -m model.train --data DIR --out runs/NAME --export weights
+    python -m model.train --data DIR --out runs/NAME --export weights --force   # replaces the shipped weights at the end
     python -m model.train --data DIR --out runs/NAME --resume          # continue exactly where it stopped
     python -m model.train --data DIR --out runs/SCST --init runs/NAME/best --scst   # self-critical fine-tuning
     torchrun --nproc_per_node=2 -m model.train --data DIR --out runs/NAME   # DistributedDataParallel
@@ -15,7 +15,8 @@ greedy caption's CIDEr-D (REINFORCE with the greedy caption as baseline).
 After each epoch: beam search on the validation split with the decoding flags, a checkpoint
 written atomically, and an early stop when validation CIDEr stops improving. The best epoch is
 saved as a weights folder (out/best), scored on the validation split (and the test split, if the
-data set has one) with every metric, and --export copies it.
+data set has one) with every metric, and --export copies it (over a weights folder already
+there only with --force, checked before any work).
 """
 from __future__ import annotations
 
@@ -36,15 +37,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
+from model import cli
 from model.captioner import Captioner, Decoding
 from model.cider import CiderD
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, EncoderUnavailable, build_encoder
 from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
-from model.features import VIEWS, FeatureTable, atomic_write, extract_features, report_skipped
+from model.features import VIEWS, FeatureTable, extract_features, report_skipped
+from model.files import atomic_write, replace_folder
 from model.vocab import Vocab, tokenize
-from model.weights import WeightsError, load_weights, save_weights, verify
+from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify
 
 CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
@@ -57,13 +60,14 @@ RUN_SETTINGS = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("model.train", __doc__)
     p.add_argument("--data", required=True, help="Flickr8k folder, COCO captions json or Karpathy split json")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, vocabulary, best weights")
     p.add_argument("--export", type=Path, help="copy the best weights folder here at the end (e.g. weights)")
+    p.add_argument("--force", action="store_true", help="let --export replace a weights folder that is already there")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"CNN encoder (default {DEFAULT_ENCODER})")
-    p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help=f"how the CNN becomes v (default {DEFAULT_POOLING})")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="CNN encoder: efficientnet-lite0 (bundled) or a torchvision model name")
+    p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help="how the CNN becomes v")
     p.add_argument("--views", default="plain", help=f"comma-separated views of each training photo, cached once: {', '.join(VIEWS)}")
     p.add_argument("--init", help="start from this trained weights folder (its vocabulary, sizes and encoder)")
     p.add_argument("--scst", action="store_true", help="self-critical training on CIDEr-D instead of cross-entropy (needs --init)")
@@ -71,18 +75,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scst-baseline", choices=("greedy", "mean"), default="greedy",
                    help="what a drawn caption's CIDEr-D must beat: the greedy caption's (Rennie et al.), or the mean of "
                         "the photo's other drawn captions (Luo 2020; no greedy decoding)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training captions (the cosine schedule spans them)")
     p.add_argument("--batch-size", type=int, default=128, help="captions per step (photos with --scst; per process under torchrun)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--warmup-epochs", type=float, default=0.5, help="linear warm-up, then cosine decay to 0")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold (0: off)")
     p.add_argument("--ema", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay per step (0: off)")
-    p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--embed-dim", type=int, default=256)
-    p.add_argument("--hidden-dim", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.3, help="on v, the word embeddings and the LSTM output")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="share of each target word's probability spread over the vocabulary")
+    p.add_argument("--embed-dim", type=int, default=256, help="word embedding size")
+    p.add_argument("--hidden-dim", type=int, default=512, help="LSTM state size")
     p.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
     p.add_argument("--max-words", type=int, default=30, help="longer training captions are cut")
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better val CIDEr")
@@ -92,9 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--block-ngram", type=int, default=default.block_ngram, help="forbid repeating an n-gram of this size (0: allow)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16 autocast for the decoder's matmuls (about 2x faster on CPUs with AVX512-BF16 and on GPUs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="one seed for initialisation, batch order, views and dropout")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache (default: cache)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"), help="CNN feature cache")
     p.add_argument("--workers", type=int, default=1, help="image-decoding processes for feature extraction")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "embed_dim", "hidden_dim", "min_count", "max_words", "beam_size", "scst_samples"):
@@ -114,6 +118,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scst_baseline == "mean" and args.scst_samples < 2:
         p.error("--scst-baseline mean needs --scst-samples 2 or more")
     return args
+
+
+def check_export(target: Path, force: bool) -> None:
+    """Refuse, before any work, an --export that would end the run by overwriting something."""
+    occupied = any(target.iterdir()) if target.is_dir() else target.exists()
+    if occupied:
+        if not force:
+            raise SystemExit(f"error: --export {target} already exists; pass --force to replace it at the end of the run")
+        if not (target / MANIFEST_FILE).is_file():
+            raise SystemExit(f"error: --export {target} is not a weights folder (no {MANIFEST_FILE}); --force replaces only those")
 
 
 def check_writable(directory: Path) -> None:
@@ -250,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, checkpoint["args"][name])
     check_writable(args.out)
     check_writable(args.cache_dir)  # else a full disk shows only after extracting every image's features
+    if args.export:
+        check_export(args.export, args.force)
     if is_main:
         for unfinished in args.out.glob(f".{CHECKPOINT}.*.tmp"):  # a save cut short by a kill: never a checkpoint
             unfinished.unlink()
@@ -457,9 +473,9 @@ def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: flo
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
     full["training"]["seconds"] = round(seconds, 1)
     # atomic: a kill here must not leave best/ with half a manifest, which would refuse to load for good
-    atomic_write(best / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
+    atomic_write(best / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
     if args.export:
-        shutil.copytree(best, args.export, dirs_exist_ok=True)
+        replace_folder(best, args.export)
         print(f"exported {best} -> {args.export}")
 
 

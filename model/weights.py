@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import sha256_file
+from model.files import atomic_write
 from model.vocab import Vocab
 
 DECODER_FILE = "decoder.safetensors"
@@ -28,14 +29,13 @@ def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest
     """Write the decoder folder; `manifest` carries the encoder, training and score fields.
     Returns the full manifest, with the sha256 of every file and the model id."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in decoder.state_dict().items()}
-    save_file(state, directory / DECODER_FILE)
-    vocab.save(directory / VOCAB_FILE)
-    (directory / CONFIG_FILE).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n")
+    atomic_write(directory / DECODER_FILE, lambda tmp: save_file(state, tmp))
+    atomic_write(directory / VOCAB_FILE, vocab.save)
+    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n"))
     files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
     full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
-    (directory / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    atomic_write(directory / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
     return full
 
 

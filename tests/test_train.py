@@ -1,6 +1,7 @@
 """Training end to end on a small synthetic set: it learns, resumes exactly, and runs under DDP."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from model import Captioner
+from model.captioner import Captioner
 from model.data import load_dataset
 from model.synthetic import load_scenes
+from model.weights import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -40,12 +42,44 @@ def train(root, data, out, *extra):
 
 @pytest.fixture(scope="module")
 def trained(synthetic):
+    """A run that ends by exporting over a weights folder already there (a copy of the shipped one)."""
     root, data = synthetic
     out = root / "run"
+    shutil.copytree(ROOT / "weights", root / "exported")
     started = time.time()
-    result = train(root, data, out, "--epochs", "8", "--patience", "8")
+    result = train(root, data, out, "--epochs", "8", "--patience", "8", "--export", str(root / "exported"), "--force")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result, time.time() - started
+
+
+def test_export_replaces_the_weights_folder_with_readable_files(trained):
+    out, _, _ = trained
+    exported = out.parent / "exported"
+    assert sorted(p.name for p in exported.iterdir()) == sorted(p.name for p in (out / "best").iterdir())
+    assert verify(exported)["model_id"] == verify(out / "best")["model_id"] != verify(ROOT / "weights")["model_id"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in exported.iterdir()} == {
+        p.name: oct(0o666 & ~umask) for p in exported.iterdir()}  # as open() makes them, readable by a service user
+    assert not list(out.parent.glob(".exported.*"))  # no staged or retired copy left behind
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_export_refuses_before_training_to_overwrite(synthetic, tmp_path, force):
+    """Without --force, an existing weights folder; with it, a folder that is not weights."""
+    root, data = synthetic
+    target = tmp_path / "target"
+    if force:
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        shutil.copytree(ROOT / "weights", target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    result = train(root, data, tmp_path / "run", "--epochs", "1", "--export", str(target), *(["--force"] if force else []))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert ("is not a weights folder" if force else "already exists; pass --force") in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before any work
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
 
 def test_loss_falls_and_each_epoch_is_logged(trained):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Captioner
+from model.captioner import Captioner
 from model.captioner import Decoding
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
