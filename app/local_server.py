@@ -48,8 +48,7 @@ def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
         log = Path(folder) / "server.log"
         with log.open("w") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-access-log"],  # the app logs its own JSON line per request
+                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
             )
         server = Server(f"http://127.0.0.1:{port}", process, log)

@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from app import errors
 from app.batcher import Batcher
 from app.images import limit_pixels
 from app.metrics import Metrics
 from app.middleware import AccessLog, BodySizeLimit, BodyTimeout
 from app.routes import STATIC, router
 from app.settings import Settings
-from model import Captioner
+from model.captioner import Captioner
 from model.weights import WeightsError, verify
 
 logger = logging.getLogger("captioner")
@@ -61,6 +62,9 @@ async def lifespan(app: FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # One line per request, the JSON one of middleware.AccessLog, however uvicorn was started:
+    # its own access line would repeat it in another format.
+    logging.getLogger("uvicorn.access").disabled = True
     try:
         settings = settings or Settings()
     except ValidationError as error:  # at import, before uvicorn logs anything: say which variable and exit
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.captioner = None
     app.state.batcher = None
     app.include_router(router)
+    errors.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -16,7 +16,7 @@ from app.images import ImageRejected, decode_image
 from app.metrics import Metrics
 from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status
 from app.settings import Settings
-from model import Captioner
+from model.captioner import Captioner
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -46,18 +46,30 @@ def get_captioner(request: Request) -> Captioner:
     return request.app.state.captioner
 
 
+async def one_image_field(request: Request) -> None:
+    """422 for a form holding more than one field: FastAPI alone would caption the last of two images
+    and ignore a misspelt field, so a client's mistake would pass unseen."""
+    form = await request.form()  # parsed once: FastAPI reads the same cached form for `image`
+    unknown = sorted(set(form.keys()) - {"image"})
+    if unknown:
+        raise HTTPException(422, f"unknown form field {', '.join(map(repr, unknown))}: the form takes one field, image")
+    if len(images := form.getlist("image")) > 1:
+        raise HTTPException(422, f"{len(images)} image fields: send one image per request")
+
+
 ERRORS = {
     400: {"model": Error, "description": "corrupt or truncated image"},
     408: {"model": Error, "description": "the upload did not arrive within the body timeout"},
     413: {"model": Error, "description": "upload or image too large"},
     415: {"model": Error, "description": "not an image in a supported format"},
-    422: {"model": Error, "description": "invalid parameters"},
+    422: {"model": Error, "description": "invalid parameters or form fields (errors lists each field that failed)"},
     503: {"model": Error, "description": "overloaded or still loading; retry after Retry-After seconds"},
     504: {"model": Error, "description": "the request took longer than the service's timeout"},
 }
 
 
-@router.post("/v1/captions", response_model=CaptionResponse, responses=ERRORS, tags=["captions"])
+@router.post("/v1/captions", response_model=CaptionResponse, responses=ERRORS, tags=["captions"],
+             dependencies=[Depends(one_image_field)])
 async def create_captions(
     request: Request,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame) or BMP")],

@@ -27,8 +27,17 @@ class ModelInfo(BaseModel):
     note: str | None = Field(None, description="what the model was trained on, what it is good and bad at")
 
 
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="where: the part of the request, then the field", examples=[["query", "beam_size"]])
+    msg: str = Field(examples=["Input should be less than or equal to 10"])
+    type: str = Field(examples=["less_than_equal"])
+
+
 class Error(BaseModel):
-    detail: str | list
+    """Every 4xx and 5xx answer has this shape."""
+
+    detail: str = Field(description="what went wrong, in one sentence", examples=["image has more than 40000000 pixels"])
+    errors: list[FieldError] | None = Field(None, description="for an invalid request (422): each field that failed")
 
 
 class Status(BaseModel):

@@ -23,6 +23,18 @@ def post(url, data: bytes, filename="image", content_type="application/octet-str
     return httpx.post(f"{url}/v1/captions", params=params, files={"image": (filename, data, content_type)}, timeout=timeout)
 
 
+def error_detail(response: httpx.Response, status: int) -> str:
+    """The one error shape: {"detail": "a sentence"}, plus "errors" (each failed field) for invalid requests."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert set(body) <= {"detail", "errors"}
+    for error in body.get("errors", []):
+        assert set(error) == {"loc", "msg", "type"} and all(isinstance(part, str) for part in error["loc"])
+    return body["detail"]
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height, with almost no pixel data behind it."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -91,9 +103,7 @@ def test_one_pixel_image(server):
     ids=["text", "empty", "truncated-jpeg", "truncated-png", "pixel-bomb"],
 )
 def test_bad_images_get_clear_errors(server, data, status, message):
-    response = post(server, data)
-    assert response.status_code == status
-    assert message in response.json()["detail"]
+    assert message in error_detail(post(server, data), status)
 
 
 @pytest.mark.parametrize(
@@ -103,13 +113,48 @@ def test_bad_images_get_clear_errors(server, data, status, message):
 )
 def test_bad_parameters_get_422(server, params):
     response = post(server, encoded(scene(), "PNG"), **params)
-    assert response.status_code == 422
-    assert "detail" in response.json()
+    detail = error_detail(response, 422)
+    assert ("num_captions" if "num_captions" in params and "beam_size" in params else next(iter(params))) in detail
+    if "errors" in response.json():  # FastAPI's own validation: the field's place, in the list and in the sentence
+        assert response.json()["errors"][0]["loc"] == ["query", next(iter(params))]
 
 
-def test_missing_image_field_gets_422(server):
-    response = httpx.post(f"{server}/v1/captions", files={"photo": ("x.png", encoded(scene(), "PNG"))})
-    assert response.status_code == 422
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"photo": ("x.png", b"png")}, "unknown form field 'photo'"),
+        ([("image", ("a.png", b"a")), ("image", ("b.png", b"b"))], "2 image fields: send one image per request"),
+        ([("image", ("a.png", b"a")), ("caption", (None, "mine"))], "unknown form field 'caption'"),
+    ],
+    ids=["misspelt", "two-images", "extra-field"],
+)
+def test_a_form_with_other_fields_than_one_image_gets_422(server, files, message):
+    response = httpx.post(f"{server}/v1/captions", files=files)
+    assert message in error_detail(response, 422)
+
+
+def test_missing_image_gets_422_naming_the_field(server):
+    response = httpx.post(f"{server}/v1/captions", data={}, headers={"content-type": "multipart/form-data; boundary=x"},
+                          content=b"--x--\r\n")
+    detail = error_detail(response, 422)
+    assert "image" in detail and response.json()["errors"][0]["loc"] == ["body", "image"]
+
+
+def test_unknown_routes_and_methods_use_the_error_shape(server):
+    assert error_detail(httpx.get(f"{server}/v2/captions"), 404) == "Not Found"
+    assert error_detail(httpx.get(f"{server}/v1/captions"), 405) == "Method Not Allowed"
+
+
+def test_openapi_describes_every_error_with_the_one_shape(server):
+    schema = httpx.get(f"{server}/openapi.json").json()
+    error_responses = [(path, method, status, response) for path, operations in schema["paths"].items()
+                       for method, operation in operations.items()
+                       for status, response in operation["responses"].items() if status[0] in "45"]
+    assert {status for path, _, status, _ in error_responses if path == "/v1/captions"} >= {"400", "413", "415", "422", "503"}
+    for path, method, status, response in error_responses:
+        assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (path, status)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"detail", "errors"}
 
 
 def send_raw(url: str, request: bytes, chunks=()) -> tuple[str, dict]:
@@ -210,6 +255,7 @@ def test_one_json_log_line_per_request(served):
     assert {"route": "/v1/captions", "method": "POST", "status": 200}.items() <= captions[-2].items()
     assert captions[-2]["batch_size"] >= 1 and captions[-2]["ms"] > 0
     assert captions[-1]["status"] == 415 and "batch_size" not in captions[-1]
+    assert '"POST /v1/captions HTTP/1.1"' not in served.output()  # no uvicorn access line beside it
 
 
 @pytest.fixture(scope="module")

