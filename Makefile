@@ -22,8 +22,11 @@ serve: $(VENV)/.installed
 
 # Debian's Chromium drives the web-page test; without it (not root, no apt) that one test skips.
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-		|| echo "chromium could not be installed: the web-page test will be skipped"
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium), for the web-page test"; \
+	else echo "installing Debian's chromium for the web-page test (apt-get, about a minute)"; \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1 && echo "chromium installed") \
+		|| echo "chromium could not be installed (needs root and apt): the web-page test will be skipped"; fi
 
+# Progress as dots with a percentage, the 15 slowest tests at the end, and why any test skipped.
 test: $(VENV)/.installed-dev browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
