@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from app import errors
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except ValidationError as error:  # at import, before uvicorn logs anything: say which variable and exit
         raise SystemExit(f"refusing to start: invalid CAPTIONER_* environment variable: {error}") from None
     limit_pixels(settings.max_pixels)
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from files packaged with fastapi-offline: they work offline
         title="captioner",
         version="0.1.0",
         summary="POST a photo, get a caption: EfficientNet-Lite0 features, an LSTM decoder, beam search.",

@@ -70,3 +70,26 @@ def test_a_4xx_is_shown_as_an_error(page, tmp_path):
     page.click("#submit")
     page.wait_for_selector("#status.error", timeout=30_000)
     assert page.locator("#status").inner_text().startswith("Error 415: not an image")
+
+
+@pytest.mark.parametrize("docs, operation", [("/docs", ".opblock-summary-path[data-path='/v1/captions']"),
+                                             ("/redoc", "[data-section-id='tag/captions/operation/create_captions_v1_captions_post']")])
+def test_api_docs_render_with_the_network_cut_off(browser, server, docs, operation):
+    """Every request but those to the service is refused, as on a machine without internet."""
+    page = browser.new_page()
+    refused = []
+
+    def only_the_service(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", only_the_service)
+    page.goto(server + docs)
+    page.wait_for_selector(operation, timeout=30_000)  # the /v1/captions operation, rendered from /openapi.json
+    assert page.locator(operation).first.is_visible()
+    # Nothing else was asked of another host but ReDoc's "API docs by Redocly" footer logo.
+    assert [url for url in refused if url != "https://cdn.redoc.ly/redoc/logo-mini.svg"] == []
+    page.close()
