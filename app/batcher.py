@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.metrics import Metrics
 from model.captioner import Captioner
-from model.captioner import Decoding
+from model.options import Decoding
 
 
 T = TypeVar("T")

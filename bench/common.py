@@ -23,7 +23,7 @@ from app.images import decode_image
 from app.settings import Settings
 from bench.naive import naive_caption, naive_captioner
 from model.captioner import Captioner
-from model.captioner import Decoding
+from model.options import Decoding
 from model.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

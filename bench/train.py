@@ -38,7 +38,8 @@ from bench.common import parser, photo_jpeg, positive, print_table, write_json
 from bench.naive import FusedLSTMDecoder, naive_encoder, naive_features
 from model.captioner import resolve_device
 from model.decoder import Decoder, DecoderConfig
-from model.encoder import DEFAULT_ENCODER, build_encoder
+from model.encoder import build_encoder
+from model.options import DEFAULT_ENCODER
 from model.features import extract_features
 from model.train import make_optimizer, train_step
 from model.vocab import SPECIALS, Vocab

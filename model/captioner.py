@@ -1,7 +1,6 @@
 """Captioner: encoder + decoder + vocabulary behind one call, shared by the service and the scripts."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ from PIL import Image
 from model.beam import beam_search
 from model.decoder import Decoder
 from model.encoder import Encoder, build_encoder
+from model.options import Decoding
 from model.vocab import Vocab
 from model.weights import WeightsError, load_weights
 
@@ -29,24 +29,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
         precision = "bf16" if native else "fp32"
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How beam search writes a caption. Chosen on the validation split and kept in the weights'
-    manifest ("decoding"), so that the service and model.evaluate decode alike by default."""
-
-    beam_size: int = 3
-    length_penalty: float = 0.0  # rank finished beams by log p / length ** length_penalty
-    block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
-    max_length: int = 20  # words
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def but(self, **changes) -> Decoding:
-        """A copy with the given fields changed; None leaves a field as it is."""
-        return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1) -> Captions:

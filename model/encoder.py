@@ -22,8 +22,7 @@ from PIL import Image
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
-DEFAULT_ENCODER = "efficientnet-lite0"
-
+from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS
 
 class EncoderUnavailable(RuntimeError):
     """The encoder's weights cannot be had on this machine."""
@@ -118,10 +117,6 @@ class Encoder(nn.Module):
         device = next(self.parameters()).device
         pixels = self.preprocess(images).to(device).contiguous(memory_format=torch.channels_last)
         return self(pixels).float()  # [B, D]
-
-
-POOLINGS = ("head-mean", "grids", "head-mean+grids")
-DEFAULT_POOLING = "head-mean"
 
 
 class _EfficientNetLiteTrunk(nn.Module):

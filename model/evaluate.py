@@ -14,10 +14,38 @@ Java; without it the other metrics are printed and METEOR is reported as missing
 """
 from __future__ import annotations
 
-import json
-import shutil
+import argparse
 import sys
 from pathlib import Path
+
+from model import cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.parser("model.evaluate", __doc__)
+    parser.add_argument("--weights", default="weights", help="trained decoder folder")
+    parser.add_argument("--data", required=True, help="dataset: Flickr8k folder, COCO captions json or Karpathy json")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="the split to caption and score")
+    parser.add_argument("--beam-size", type=int, help="beam width (default: the weights' serving default, from their manifest)")
+    parser.add_argument("--length-penalty", type=float, help="rank beams by log p / length^this (default: the weights')")
+    parser.add_argument("--block-ngram", type=int, help="forbid repeating an n-gram of this size, 0 allows (default: the weights')")
+    parser.add_argument("--max-length", type=int, help="most words in a caption (default: the weights')")
+    parser.add_argument("--set-defaults", action="store_true",
+                        help="record this decoding as the weights' serving default, and these scores in their manifest")
+    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
+    return parser
+
+
+if __name__ == "__main__":  # --help and mistyped flags answer now, not after seconds of importing torch
+    build_parser().parse_args(sys.argv[1:])
+
+import json
+import shutil
 
 import torch
 from pycocoevalcap.bleu.bleu import Bleu
@@ -25,11 +53,11 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-from model import cli
-from model.captioner import Captioner, Decoding, describe
+from model.captioner import Captioner, describe
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.features import extract_features, report_skipped
 from model.files import atomic_write
+from model.options import Decoding
 from model.vocab import tokenize
 from model.weights import MANIFEST_FILE, WeightsError, verify
 
@@ -83,22 +111,7 @@ def print_table(scores: dict, file=sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.parser("model.evaluate", __doc__)
-    parser.add_argument("--weights", default="weights", help="trained decoder folder")
-    parser.add_argument("--data", required=True, help="dataset: Flickr8k folder, COCO captions json or Karpathy json")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="the split to caption and score")
-    parser.add_argument("--beam-size", type=int, help="beam width (default: the weights' serving default, from their manifest)")
-    parser.add_argument("--length-penalty", type=float, help="rank beams by log p / length^this (default: the weights')")
-    parser.add_argument("--block-ngram", type=int, help="forbid repeating an n-gram of this size, 0 allows (default: the weights')")
-    parser.add_argument("--max-length", type=int, help="most words in a caption (default: the weights')")
-    parser.add_argument("--set-defaults", action="store_true",
-                        help="record this decoding as the weights' serving default, and these scores in their manifest")
-    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
-    parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("beam_size", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model.encoder import Encoder
 from model.files import atomic_write
+from model.options import VIEWS
 
 
 ZOOM = 0.8  # the zoomed views keep the centre 80% of each side
@@ -36,12 +37,12 @@ def _zoom(image: Image.Image) -> Image.Image:
     return image.crop((left, top, width - left, height - top))
 
 
-VIEWS = {
-    "plain": lambda image: image,  # the only view served and validated
-    "flip": ImageOps.mirror,
-    "zoom": _zoom,
-    "zoom-flip": lambda image: ImageOps.mirror(_zoom(image)),
-}
+VIEW_TRANSFORMS = dict(zip(VIEWS, (
+    lambda image: image,  # plain: the only view served and validated
+    ImageOps.mirror,  # flip
+    _zoom,  # zoom
+    lambda image: ImageOps.mirror(_zoom(image)),  # zoom-flip
+)))
 
 
 @dataclass
@@ -58,7 +59,7 @@ class _Images(Dataset):
     def __init__(self, paths: list[Path], encoder: Encoder, view: str):
         self.paths = paths
         self.transform = encoder.transform
-        self.view = VIEWS[view]
+        self.view = VIEW_TRANSFORMS[view]
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -21,42 +21,11 @@ there only with --force, checked before any work).
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
-import shutil
 import sys
-import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
-
 from model import cli
-from model.captioner import Captioner, Decoding
-from model.cider import CiderD
-from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.decoder import Decoder, DecoderConfig
-from model.encoder import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, EncoderUnavailable, build_encoder
-from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
-from model.features import VIEWS, FeatureTable, extract_features, report_skipped
-from model.files import atomic_write, replace_folder
-from model.vocab import Vocab, tokenize
-from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify
-
-CHECKPOINT = "checkpoint.pt"
-MIN_FREE_BYTES = 200 * 2**20
-# What defines a run: on --resume these come from the checkpoint, not the command line.
-RUN_SETTINGS = (
-    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
-    "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
-)
+from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, VIEWS, Decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +87,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scst_baseline == "mean" and args.scst_samples < 2:
         p.error("--scst-baseline mean needs --scst-samples 2 or more")
     return args
+
+
+if __name__ == "__main__":  # --help and mistyped flags answer now, not after seconds of importing torch
+    parse_args(sys.argv[1:])
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from model.captioner import Captioner
+from model.cider import CiderD
+from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.decoder import Decoder, DecoderConfig
+from model.encoder import EncoderUnavailable, build_encoder
+from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
+from model.features import FeatureTable, extract_features, report_skipped
+from model.files import atomic_write, replace_folder
+from model.vocab import Vocab, tokenize
+from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify
+
+CHECKPOINT = "checkpoint.pt"
+MIN_FREE_BYTES = 200 * 2**20
+# What defines a run: on --resume these come from the checkpoint, not the command line.
+RUN_SETTINGS = (
+    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs", "batch_size", "lr", "weight_decay",
+    "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
+    "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
+)
 
 
 def check_export(target: Path, force: bool) -> None:

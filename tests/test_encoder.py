@@ -5,9 +5,10 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 from model.encoder import (
-    IMAGENET_PREPROCESSING, LITE_PREPROCESSING, POOLINGS, EncoderUnavailable, Encoder, Preprocessing, build_encoder,
+    IMAGENET_PREPROCESSING, LITE_PREPROCESSING, EncoderUnavailable, Encoder, Preprocessing, build_encoder,
 )
 from model.features import extract_features
+from model.options import POOLINGS
 from app.images import decode_image
 from tests.conftest import encoded
 

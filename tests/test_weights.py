@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from model.captioner import Captioner
-from model.captioner import Decoding
+from model.options import Decoding
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
 from model.vocab import Vocab

@@ -1,0 +1,28 @@
+"""The choices that the command lines, the weights' manifests and the service share, in a module
+that loads no torch: `python -m model.train --help` answers before torch is imported."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+POOLINGS = ("head-mean", "grids", "head-mean+grids")  # how the CNN becomes v (model.encoder)
+DEFAULT_POOLING = "head-mean"
+VIEWS = ("plain", "flip", "zoom", "zoom-flip")  # how a training photo is seen before the CNN (model.features)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How beam search writes a caption. Chosen on the validation split and kept in the weights'
+    manifest ("decoding"), so that the service and model.evaluate decode alike by default."""
+
+    beam_size: int = 3
+    length_penalty: float = 0.0  # rank finished beams by log p / length ** length_penalty
+    block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
+    max_length: int = 20  # words
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def but(self, **changes) -> Decoding:
+        """A copy with the given fields changed; None leaves a field as it is."""
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
