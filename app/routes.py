@@ -99,10 +99,19 @@ async def create_captions(
     except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
         raise HTTPException(504, f"no caption within {settings.request_timeout_s} s") from None
     request.state.batch_size = result.batch_size
+    return caption_response(captioner, result.captions, elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def caption_response(captioner: Captioner, captions: list[tuple[str, float]], elapsed_ms: float) -> CaptionResponse:
+    """The answer to a caption request: each caption with its confidence, when the weights are calibrated."""
+    calibration = captioner.calibration
+    confidences = [calibration.confidence(log_prob, text) if calibration else None for text, log_prob in captions]
     return CaptionResponse(
-        captions=[Caption(text=text, log_prob=log_prob) for text, log_prob in result.captions],
+        captions=[Caption(text=text, log_prob=log_prob, confidence=confidence)
+                  for (text, log_prob), confidence in zip(captions, confidences)],
+        low_confidence=confidences[0] < calibration.threshold if calibration else None,
         model=captioner.model_id,
-        elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+        elapsed_ms=elapsed_ms,
     )
 
 
@@ -131,6 +140,7 @@ async def model_info(captioner: Annotated[Captioner, Depends(get_captioner)]) ->
         scores=manifest.get("scores", {}),
         files_sha256=manifest["files"],
         note=manifest.get("note"),
+        confidence=manifest.get("confidence"),
     )
 
 

@@ -7,10 +7,17 @@ from pydantic import BaseModel, Field
 class Caption(BaseModel):
     text: str = Field(examples=["a dog runs through the grass"])
     log_prob: float = Field(description="sum of the words' log-probabilities; higher is more likely", examples=[-1.7])
+    confidence: float | None = Field(
+        description="probability that the caption is acceptable, calibrated on held-out captioned photos "
+                    "(see /v1/model: confidence.proxy); null for weights never calibrated",
+        ge=0, le=1, examples=[0.62])
 
 
 class CaptionResponse(BaseModel):
     captions: list[Caption] = Field(description="best first, texts distinct")
+    low_confidence: bool | None = Field(
+        description="the best caption's confidence is under the threshold chosen on the validation photos: "
+                    "it may well be wrong; null for weights never calibrated")
     model: str = Field(description="id of the weights that wrote the captions")
     elapsed_ms: float = Field(description="time spent on this request in the service")
 
@@ -25,6 +32,7 @@ class ModelInfo(BaseModel):
     scores: dict = Field(description="per split, the captions' scores with the default decoding")
     files_sha256: dict[str, str]
     note: str | None = Field(None, description="what the model was trained on, what it is good and bad at")
+    confidence: dict | None = Field(None, description="how caption confidence was calibrated, and how well it held on unseen photos")
 
 
 class FieldError(BaseModel):

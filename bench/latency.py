@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 
 from app.images import decode_image
-from app.schemas import Caption, CaptionResponse
 from app.local_server import running_server
+from app.routes import caption_response
 from bench.common import (
     MAX_PIXELS, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
     percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, serving_beam_size, write_json,
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = captioner.describe(features, decoding)[0]
 
     def serialise() -> str:  # what the route builds, and the JSON it becomes
-        response = CaptionResponse(captions=[Caption(text=t, log_prob=lp) for t, lp in captions],
-                                   model=captioner.model_id, elapsed_ms=1.0)
-        return response.model_dump_json()
+        return caption_response(captioner, captions, elapsed_ms=1.0).model_dump_json()
 
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from model.beam import beam_search
+from model.confidence import Calibration
 from model.decoder import Decoder
 from model.encoder import Encoder, build_encoder
 from model.options import Decoding
@@ -61,6 +62,7 @@ class Captioner:
         self.manifest = manifest
         self.model_id = manifest["model_id"]
         self.decoding = Decoding(**manifest.get("decoding", {}))  # the serving defaults
+        self.calibration = Calibration.from_manifest(manifest)  # None: the weights were never calibrated
         self.device = next(decoder.parameters()).device
 
     @classmethod

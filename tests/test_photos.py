@@ -6,12 +6,15 @@ and named, never a crash and never a silent drop. Like the shared folder, it has
 """
 import json
 import re
+import shutil
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from model.captioner import Captioner
 
 ROOT = Path(__file__).resolve().parent.parent
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
@@ -148,3 +151,19 @@ def test_examples_captions_every_example_photo_and_the_first_val_photos(trained,
     val = [row[0].strip("| `") for row in rows[len(examples):]]
     assert len(val) == 3 and set(val) <= set((photos / "Flickr_8k.devImages.txt").read_text().split())
     assert all(row[1].strip() for row in rows)  # every photo got a caption
+
+
+def test_calibration_fits_on_half_the_val_photos_and_is_saved(trained, photos, tmp_path):
+    out, _ = trained
+    weights = tmp_path / "weights"
+    shutil.copytree(out / "best", weights)
+    result = run("-m", "model.calibrate", "--weights", str(weights), "--data", str(photos), "--save",
+                 "--cache-dir", str(photos.parent / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((weights / "manifest.json").read_text())["confidence"]
+    assert saved == json.loads(result.stdout)
+    assert saved["held_out"]["photos"] == VAL // 2 and len(saved["weights"]) == 2
+    assert 0 <= saved["held_out"]["expected_calibration_error"] <= 1
+    assert set(saved["unlike_photos_flagged"]) == {"blank frame", "noise", "screenshot of text"}
+    captioner = Captioner.load(weights)  # the service's loader reads the fit back
+    assert captioner.calibration.threshold == saved["threshold"]

@@ -48,13 +48,28 @@ def test_jpeg_and_png_get_captions(server, fmt, content_type):
     response = post(server, encoded(scene(), fmt), content_type=content_type, beam_size=4, num_captions=3)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"captions", "model", "elapsed_ms"}
+    assert set(body) == {"captions", "low_confidence", "model", "elapsed_ms"}
     assert body["model"].startswith("captioner-")
     texts = [c["text"] for c in body["captions"]]
     log_probs = [c["log_prob"] for c in body["captions"]]
     assert len(texts) == 3 == len(set(texts)) and all(texts)
     assert log_probs == sorted(log_probs, reverse=True) and all(lp < 0 for lp in log_probs)
     assert body["elapsed_ms"] > 0
+
+
+def test_every_caption_has_a_calibrated_confidence(server):
+    threshold = httpx.get(f"{server}/v1/model").json()["confidence"]["threshold"]
+    body = post(server, encoded(scene(), "PNG"), num_captions=3).json()
+    confidences = [caption["confidence"] for caption in body["captions"]]
+    assert len(confidences) == 3 and all(0 <= c <= 1 for c in confidences)
+    assert body["low_confidence"] == (confidences[0] < threshold)
+
+
+@pytest.mark.parametrize("image", [Image.new("RGB", (320, 240), (128, 128, 128)), Image.new("RGB", (320, 240), "white")],
+                         ids=["grey", "white"])
+def test_a_blank_frame_is_flagged_low_confidence(server, image):
+    body = post(server, encoded(image, "PNG")).json()
+    assert body["low_confidence"] is True and body["captions"][0]["confidence"] < 0.5
 
 
 def test_defaults_give_one_caption(server):

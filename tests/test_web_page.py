@@ -5,6 +5,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import scene
 
@@ -50,7 +51,18 @@ def test_upload_shows_captions_and_scores(page, tmp_path):
     assert captions.count() == 2
     assert all(text.strip() for text in captions.all_inner_texts())
     assert "log p = -" in page.locator("#captions .score").first.inner_text()
+    assert "confidence" in page.locator("#captions .score").first.inner_text()
     assert "captioner-" in page.locator("#status").inner_text()
+
+
+def test_a_low_confidence_caption_says_it_may_be_wrong(page, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(blank)
+    assert not page.locator("#low-confidence").is_visible()
+    page.set_input_files("#file", str(blank))
+    page.click("#submit")
+    page.wait_for_selector("#low-confidence:not([hidden])", timeout=30_000)
+    assert "This may be wrong" in page.locator("#low-confidence").inner_text()
 
 
 def test_the_page_says_what_the_model_was_trained_on_and_how_it_scores(page, server):

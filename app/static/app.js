@@ -55,10 +55,12 @@ form.addEventListener("submit", async (event) => {
       text.textContent = caption.text;
       const score = document.createElement("span");
       score.className = "score";
-      score.textContent = `log p = ${caption.log_prob.toFixed(2)}`;
+      score.textContent = `log p = ${caption.log_prob.toFixed(2)}`
+        + (caption.confidence === null ? "" : `, confidence ${Math.round(caption.confidence * 100)}%`);
       item.append(text, score);
       return item;
     }));
+    document.getElementById("low-confidence").hidden = !data.low_confidence;
     showStatus(`${data.model}, ${data.elapsed_ms.toFixed(0)} ms`);
   } catch (error) {
     showStatus(`Error: ${error}`, true);
