@@ -18,7 +18,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 serve: $(VENV)/.installed
-	$(VENV)/bin/uvicorn app.main:app --host 0.0.0.0 --port $(PORT)
+	$(VENV)/bin/python -m app --host 0.0.0.0 --port $(PORT)
 
 # Debian's Chromium drives the web-page test; without it (not root, no apt) that one test skips.
 browser:

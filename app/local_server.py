@@ -39,7 +39,7 @@ class Server:
 
 @contextmanager
 def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
-    """uvicorn app.main:app in a subprocess on a free port, CAPTIONER_* settings from keyword arguments
+    """python -m app (uvicorn with the service's protocol and signal handling) in a subprocess on a free port, CAPTIONER_* settings from keyword arguments
     (weights_dir defaults to the shipped weights/; other CAPTIONER_* variables in the environment pass through)."""
     env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(ROOT / "weights")}
     env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
@@ -48,7 +48,7 @@ def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
         log = Path(folder) / "server.log"
         with log.open("w") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
             )
         server = Server(f"http://127.0.0.1:{port}", process, log)

@@ -22,3 +22,4 @@ class Settings(BaseSettings):
     queue_limit: int = Field(64, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     body_timeout_s: float = Field(60.0, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)

@@ -2,7 +2,7 @@
 
     python -m bench.latency [--requests 200] [--repeats 100] [--beam-size 3]
 
-1. Starts the real server (uvicorn app.main:app on a free port) and sends one 640x480 JPEG at a
+1. Starts the real server (python -m app on a free port) and sends one 640x480 JPEG at a
    time from one client, so batching cannot help: p50/p90/p99 over --requests after --warmup.
    The server's own CNN and beam-search histograms (/metrics) give its view of the same requests.
 2. In this process, times each stage the service runs, on the same image, --repeats times:

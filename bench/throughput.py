@@ -2,7 +2,7 @@
 
     python -m bench.throughput [--clients 1 4 8 16] [--requests 200] [--beam-size 3]
 
-Starts the real server (uvicorn app.main:app on a free port). For each level, that many clients
+Starts the real server (python -m app on a free port). For each level, that many clients
 each send the same 640x480 JPEG again as soon as their previous answer arrives, until --requests
 have been sent between them (after --warmup untimed ones at the same level, so that every batch
 size the level produces has run once). Per level: images/s, latency p50/p99, the mean batch size

@@ -31,7 +31,7 @@ def test_runs_as_non_root_with_healthcheck_and_port():
 def test_serves_the_app_without_debug_flags():
     [cmd] = instructions("CMD")
     argv = shlex.split(cmd.strip("[]").replace('", "', " ").replace('"', ""))
-    assert argv[:2] == ["uvicorn", "app.main:app"]
+    assert argv[:3] == ["python", "-m", "app"]  # uvicorn with the service's protocol and SIGTERM handling
     assert not {"--reload", "--debug", "--log-level=debug"} & set(argv)
 
 

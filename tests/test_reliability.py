@@ -78,6 +78,15 @@ def http_reply_complete(reply: bytes) -> bool:
     return bool(separator and length and len(body) >= int(length.group(1)))
 
 
+def healthz_on(connection: socket.socket) -> bytes:
+    """GET /healthz on an open connection, which stays open (keep-alive); returns the whole reply."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while not http_reply_complete(reply):
+        reply += connection.recv(4096)
+    return reply
+
+
 def stream_request(url: str, head: bytes, chunks, timeout: float = 30) -> tuple[bytes, int, bool]:
     """Send the head, then body chunks for as long as the server takes them, reading all the while,
     until the server closes the connection. Returns (its reply, body bytes it took, whether it closed)."""
@@ -212,11 +221,12 @@ def test_many_big_images_at_once_take_bounded_memory(served):
 # Slow clients and overload: one server with a short body timeout and the issue's queue limit.
 
 BODY_TIMEOUT_S = 3
+HEADER_TIMEOUT_S = 3
 
 
 @pytest.fixture(scope="module")
 def strict():
-    with running_server(queue_limit=8, body_timeout_s=BODY_TIMEOUT_S) as server:
+    with running_server(queue_limit=8, body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=HEADER_TIMEOUT_S) as server:
         yield server
 
 
@@ -297,14 +307,59 @@ def test_a_trickled_upload_gets_408_and_its_connection_closed(strict):
 def test_an_idle_keep_alive_connection_is_closed(strict):
     """uvicorn's --timeout-keep-alive (5 s by default) closes a connection that sends nothing more."""
     with socket.create_connection(address(strict.url), timeout=30) as connection:
-        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = b""
-        while not http_reply_complete(reply):
-            reply += connection.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert healthz_on(connection).startswith(b"HTTP/1.1 200 ")
         started = time.perf_counter()
         assert connection.recv(4096) == b""  # closed by the server
         assert 4 < time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("first_request", [True, False], ids=["new-connection", "kept-alive-connection"])
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_after_the_header_timeout(strict, first_request):
+    """Slowloris: a client that trickles its request line and headers is closed CAPTIONER_HEADER_TIMEOUT_S
+    after it began, on a new connection and on the next request of a kept-alive one."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    with socket.create_connection(address(strict.url), timeout=30) as connection:
+        if not first_request:
+            assert healthz_on(connection).startswith(b"HTTP/1.1 200 ")
+        started = time.perf_counter()
+        connection.setblocking(False)
+        closed = False
+        for byte in head:  # one byte every 50 ms: over 10 s in all, far past the deadline
+            try:
+                connection.send(bytes([byte]))
+                closed = connection.recv(4096) == b""
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            if closed:
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+    assert closed and HEADER_TIMEOUT_S - 0.5 <= seconds < HEADER_TIMEOUT_S + 2, seconds
+    assert httpx.get(f"{strict.url}/healthz").status_code == 200
+
+
+def test_sigterm_answers_every_request_already_in_then_exits_0():
+    """The clean stop an orchestrator expects: after SIGTERM no new connection is taken, the requests
+    already in (running or queued) are all answered, and the process exits with status 0."""
+    image = encoded(scene(), "JPEG")
+    with running_server(max_batch_size=1) as server:
+        async def burst():
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=8)) as client:
+                posts = [asyncio.create_task(client.post(f"{server.url}/v1/captions", params={"beam_size": 10, "max_length": 50},
+                                                         files={"image": ("x.jpg", image, "image/jpeg")})) for _ in range(8)]
+                await asyncio.sleep(0.5)  # all eight sent; one at a time through the model, most wait in the queue
+                server.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"{server.url}/healthz")  # the listening socket is closed
+                return await asyncio.gather(*posts)
+
+        responses = asyncio.run(burst())
+        assert [r.status_code for r in responses] == [200] * 8
+        assert server.process.wait(timeout=10) == 0
+        assert "Finished server process" in server.output()
 
 
 def test_an_endless_header_is_cut_off(strict):
