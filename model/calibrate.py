@@ -41,10 +41,9 @@ from model.captioner import Captioner
 from model.cider import CiderD
 from model.confidence import ACCEPTABLE_CIDER_D, fit, reliability
 from model.data import DatasetFormatError, load_dataset
-from model.features import extract_features, report_skipped
-from model.files import atomic_write
+from model.evaluate import readable_features
 from model.vocab import tokenize
-from model.weights import MANIFEST_FILE, WeightsError, read_manifest
+from model.weights import MANIFEST_FILE, WeightsError, read_manifest, write_manifest
 
 
 def unlike_photos() -> dict[str, list[Image.Image]]:
@@ -74,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if not val or not train:
         parser.exit(2, f"error: {dataset.why_empty('val' if not val else 'train')}\n")
 
-    table = extract_features(captioner.encoder, [item.image_path for item in val], args.cache_dir)
-    report_skipped(table)
-    rows = table.rows()
-    items = sorted((item for item in val if item.image_path in rows), key=lambda item: item.image_path.name)
-    captions = [best[0] for best in captioner.describe(table.features[[rows[item.image_path] for item in items]])]
+    val = sorted(val, key=lambda item: item.image_path.name)
+    items, features, _ = readable_features(captioner, val, args.cache_dir)
+    captions = [best[0] for best in captioner.describe(features)]
     cider = CiderD([[tokenize(c) for c in item.captions] for item in train])
     acceptable = [cider.score(tokenize(text), [tokenize(c) for c in item.captions]) >= ACCEPTABLE_CIDER_D
                   for (text, _), item in zip(captions, items)]
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save:
         manifest = read_manifest(args.weights)
         manifest["confidence"] = report
-        atomic_write(Path(args.weights) / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+        write_manifest(args.weights, manifest)
         print(f"saved in {Path(args.weights) / MANIFEST_FILE}", file=sys.stderr)
     return 0
 

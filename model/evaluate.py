@@ -56,10 +56,9 @@ from pycocoevalcap.rouge.rouge import Rouge
 from model.captioner import Captioner, describe
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.features import extract_features, report_skipped
-from model.files import atomic_write
 from model.options import Decoding
 from model.vocab import tokenize
-from model.weights import MANIFEST_FILE, WeightsError, verify
+from model.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -85,21 +84,29 @@ def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, ba
     return captions
 
 
-def evaluate_split(
-    captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, cache_dir: Path, meteor: bool = True
-) -> tuple[dict, dict[str, str]]:
-    """Scores of the captioner on `items`, and its caption for each image file name."""
+def readable_features(
+    captioner: Captioner, items: list[ImageCaptions], cache_dir: Path
+) -> tuple[list[ImageCaptions], torch.Tensor, int]:
+    """The items whose photos could be read, in order, their features [N, D], and how many were skipped
+    (named on stderr)."""
     table = extract_features(captioner.encoder, [item.image_path for item in items], cache_dir)
     report_skipped(table)
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
-    features = table.features[[rows[item.image_path] for item in items]]
+    return items, table.features[[rows[item.image_path] for item in items]], len(table.skipped)
+
+
+def evaluate_split(
+    captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, cache_dir: Path, meteor: bool = True
+) -> tuple[dict, dict[str, str]]:
+    """Scores of the captioner on `items`, and its caption for each image file name."""
+    items, features, skipped = readable_features(captioner, items, cache_dir)
     captions = caption_items(captioner.decoder, captioner.vocab, features, decoding)
     predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
     references = {item.image_path.name: list(item.captions) for item in items}
     scores = score_captions(predictions, references, meteor)
     scores["n_images"] = len(items)
-    scores["n_skipped"] = len(table.skipped)
+    scores["n_skipped"] = skipped
     return scores, predictions
 
 
@@ -141,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = verify(args.weights)
         manifest["decoding"] = decoding.to_dict()
         manifest.setdefault("scores", {})[args.split] = {**scores, "split": args.split, **decoding.to_dict()}
-        text = json.dumps(manifest, indent=2) + "\n"
-        atomic_write(Path(args.weights) / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(text))
+        write_manifest(args.weights, manifest)
         print(f"{args.weights}: serving decoding and {args.split} scores recorded in {MANIFEST_FILE}")
     if args.json:
         args.json.write_text(json.dumps(scores, indent=2) + "\n")

@@ -115,7 +115,7 @@ from model.evaluate import caption_items, evaluate_split, score_captions, synthe
 from model.features import FeatureTable, extract_features, report_skipped
 from model.files import atomic_write, replace_folder
 from model.vocab import Vocab, tokenize
-from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify
+from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify, write_manifest
 
 CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
@@ -479,8 +479,7 @@ def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: flo
         full["scores"][split] = {**scores, "split": split, **captioner.decoding.to_dict()}
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))
     full["training"]["seconds"] = round(seconds, 1)
-    # atomic: a kill here must not leave best/ with half a manifest, which would refuse to load for good
-    atomic_write(best / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
+    write_manifest(best, full)
     if args.export:
         replace_folder(best, args.export)
         print(f"exported {best} -> {args.export}")

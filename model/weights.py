@@ -35,8 +35,13 @@ def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n"))
     files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
     full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
-    atomic_write(directory / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n"))
+    write_manifest(directory, full)
     return full
+
+
+def write_manifest(directory: str | Path, manifest: dict) -> None:
+    """Atomically: a kill mid-write must not leave half a manifest, which would refuse to load for good."""
+    atomic_write(Path(directory) / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
 
 
 def read_manifest(directory: str | Path) -> dict:
