@@ -19,9 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.captioner import Captioner
-from model.data import load_dataset
+from model.data import DatasetFormatError, load_dataset
 from model.encoder import FITS, Encoder
 from model.evaluate import caption_items, score_captions
+from model.weights import WeightsError
 
 SHAPES = {"as stored (224 x 224)": None, "4:3 landscape (299 x 224)": (299, 224), "3:4 portrait (224 x 299)": (224, 299)}
 
@@ -45,8 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="a photo dataset with a validation split")
     parser.add_argument("--limit", type=int, default=1000, help="validation photos used (default 1000)")
     args = parser.parse_args(argv)
-    captioner = Captioner.load(args.weights, "cpu")
-    items = load_dataset(args.data).split("val")[: args.limit]
+    try:
+        captioner = Captioner.load(args.weights, "cpu")
+        items = load_dataset(args.data).split("val")[: args.limit]
+    except (DatasetFormatError, WeightsError) as error:
+        parser.error(str(error))
     photos = [item.image_path for item in items]
     references = {str(p): list(item.captions) for p, item in zip(photos, items)}
     served = captioner.encoder

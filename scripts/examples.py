@@ -13,11 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.images import decode_image  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from model.captioner import Captioner  # noqa: E402
-from model.data import load_dataset  # noqa: E402
+from model.data import DatasetFormatError, load_dataset  # noqa: E402
+from model.weights import WeightsError  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-MAX_PIXELS = 40_000_000  # the service's default limit
+MAX_PIXELS = Settings().max_pixels  # the service's limit, read as the service reads it
 
 
 def caption(captioner: Captioner, path: Path) -> str:
@@ -34,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=5, help="how many validation photos (default 5)")
     args = parser.parse_args(argv)
 
-    captioner = Captioner.load(args.weights)
+    try:
+        captioner = Captioner.load(args.weights)
+        val = load_dataset(args.data).split("val")[: args.val] if args.data else []
+    except (DatasetFormatError, WeightsError) as error:
+        parser.error(str(error))
     print(f"decoding: {captioner.decoding.to_dict()}\n")
     for path in sorted(EXAMPLES.glob("*.jpg")):
         print(f"| ![{path.stem}](docs/examples/{path.name}) | {caption(captioner, path)} |")
-    if args.data:
+    if val:
         print()
-        for item in load_dataset(args.data).split("val")[: args.val]:
+        for item in val:
             print(f"| `{item.image_path.name}` | {caption(captioner, item.image_path)} | {item.captions[0]} |")
     return 0
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.encoder import build_encoder  # noqa: E402
-from model.options import POOLINGS  # noqa: E402
+from model.encoder import build_encoder
 from model.features import extract_features, report_skipped
+from model.options import POOLINGS
 from model.synthetic import COLOURS, SHAPES, load_scenes
 from model.vocab import tokenize
 

@@ -27,3 +27,24 @@ def test_a_mistyped_flag_is_refused_before_torch_loads():
                              "--epoks", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "unrecognized arguments: --epoks 3" in result.stderr
     assert not any(line.rstrip().endswith("| torch") for line in result.stderr.splitlines())
+
+
+FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"  # any readable data set would do; missing, the data comes second
+
+
+@pytest.mark.parametrize("command", [["scripts/examples.py"], ["scripts/compare_fit.py"], ["-m", "model.calibrate"]])
+@pytest.mark.parametrize("weights, data, message", [
+    ("nowhere", None, "nowhere/manifest.json is missing"),
+    ("weights", "no-such-folder", "no-such-folder: no such file or folder"),
+])
+def test_missing_weights_or_data_get_one_line_not_a_traceback(command, weights, data, message):
+    if data is None and command[0] != "scripts/examples.py" and not FLICKR8K.is_dir():
+        pytest.skip(f"needs a readable data set at {FLICKR8K}")
+    data = data or str(FLICKR8K)
+    if command[0] == "scripts/examples.py" and data == str(FLICKR8K):
+        data_args = []  # examples.py needs no data set; its weights are checked alone
+    else:
+        data_args = ["--data", data]
+    result = subprocess.run([sys.executable, *command, "--weights", weights, *data_args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
