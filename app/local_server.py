@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +40,9 @@ class Server:
 @contextmanager
 def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
     """python -m app (uvicorn with the service's protocol and signal handling) in a subprocess on a free port, CAPTIONER_* settings from keyword arguments
-    (weights_dir defaults to the shipped weights/; other CAPTIONER_* variables in the environment pass through)."""
-    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(ROOT / "weights")}
+    (weights_dir defaults to the shipped weights/, drain_delay_s to 0 so that the SIGTERM ending each server
+    stops it at once; other CAPTIONER_* variables in the environment pass through)."""
+    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(ROOT / "weights"), "CAPTIONER_DRAIN_DELAY_S": "0"}
     env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="captioner-server-") as folder:
@@ -66,14 +67,22 @@ def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
 
 
 def wait_until_ready(server: Server, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def alive() -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}: {server.output()}")
+
+    wait_for_readyz(server.url, alive, timeout)
+
+
+def wait_for_readyz(url: str, alive: Callable[[], None], timeout: float = 120) -> None:
+    """Poll url/readyz until it answers 200; alive() raises if the server died meanwhile."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive()
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{server.url} not ready after {timeout} s: {server.output()}")
+    raise TimeoutError(f"{url} not ready after {timeout} s")

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_slots = asyncio.Semaphore(settings.decode_concurrency)
     app.state.captioner = None
     app.state.batcher = None
+    app.state.draining = False  # set on SIGTERM by python -m app (app.__main__)
     app.include_router(router)
     errors.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

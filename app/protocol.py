@@ -13,11 +13,14 @@ import asyncio
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.settings import Settings
+
+def with_header_deadline(header_timeout_s: float) -> type[H11Protocol]:
+    """The protocol class uvicorn.Config(http=...) takes, for the app's CAPTIONER_HEADER_TIMEOUT_S."""
+    return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout_s": header_timeout_s})
 
 
 class HeaderDeadline(H11Protocol):
-    header_timeout_s = Settings().header_timeout_s
+    header_timeout_s: float
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

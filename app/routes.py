@@ -122,8 +122,11 @@ async def healthz() -> Status:
 
 @router.get("/readyz", response_model=Status, responses={503: {"model": Error}}, tags=["operations"])
 async def readyz(request: Request) -> Status:
-    """200 once the weights are loaded and a warm-up caption has run."""
+    """200 once the weights are loaded and a warm-up caption has run; 503 again once a SIGTERM has
+    come, while the service drains (captions are still answered)."""
     require_ready(request)
+    if request.app.state.draining:
+        raise HTTPException(503, "shutting down: send new requests to another replica")
     return Status(status="ready")
 
 

@@ -23,3 +23,6 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     body_timeout_s: float = Field(60.0, gt=0)
     header_timeout_s: float = Field(10.0, gt=0)
+    # After SIGTERM, /readyz answers 503 and requests are still taken for this long, so that load
+    # balancers stop sending before the port closes; then what is in is answered and the process exits.
+    drain_delay_s: float = Field(3.0, ge=0)

@@ -62,7 +62,9 @@ def test_the_deployment_says_what_the_service_needs():
     assert env["OMP_NUM_THREADS"] == container["resources"]["limits"]["cpu"]
     longest_request = float(env.get("CAPTIONER_BODY_TIMEOUT_S", Settings().body_timeout_s)) + float(
         env.get("CAPTIONER_REQUEST_TIMEOUT_S", Settings().request_timeout_s))
-    assert spec["terminationGracePeriodSeconds"] >= container["lifecycle"]["preStop"]["sleep"]["seconds"] + longest_request
+    drain_delay = float(env.get("CAPTIONER_DRAIN_DELAY_S", Settings().drain_delay_s))
+    assert drain_delay >= container["readinessProbe"]["periodSeconds"] * container["readinessProbe"].get("failureThreshold", 3)
+    assert spec["terminationGracePeriodSeconds"] >= drain_delay + longest_request
 
 
 def test_the_service_and_the_autoscaler_point_at_the_deployment():

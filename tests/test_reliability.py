@@ -222,6 +222,7 @@ def test_many_big_images_at_once_take_bounded_memory(served):
 
 BODY_TIMEOUT_S = 3
 HEADER_TIMEOUT_S = 3
+DRAIN_DELAY_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -340,24 +341,32 @@ def test_a_request_head_sent_a_byte_at_a_time_is_cut_after_the_header_timeout(st
     assert httpx.get(f"{strict.url}/healthz").status_code == 200
 
 
-def test_sigterm_answers_every_request_already_in_then_exits_0():
-    """The clean stop an orchestrator expects: after SIGTERM no new connection is taken, the requests
-    already in (running or queued) are all answered, and the process exits with status 0."""
+def test_sigterm_drains_readyz_503_then_answers_every_request_already_in_and_exits_0():
+    """The clean stop an orchestrator expects: after SIGTERM /readyz answers 503 at once while captions
+    are still taken for the drain delay; then no new connection is taken, the requests already in
+    (running or queued) are all answered, and the process exits with status 0."""
     image = encoded(scene(), "JPEG")
-    with running_server(max_batch_size=1) as server:
+    with running_server(max_batch_size=1, drain_delay_s=DRAIN_DELAY_S) as server:
         async def burst():
-            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=8)) as client:
-                posts = [asyncio.create_task(client.post(f"{server.url}/v1/captions", params={"beam_size": 10, "max_length": 50},
-                                                         files={"image": ("x.jpg", image, "image/jpeg")})) for _ in range(8)]
+            async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=10)) as client:
+                def post():
+                    return asyncio.create_task(client.post(f"{server.url}/v1/captions", params={"beam_size": 10, "max_length": 50},
+                                                           files={"image": ("x.jpg", image, "image/jpeg")}))
+                posts = [post() for _ in range(8)]
                 await asyncio.sleep(0.5)  # all eight sent; one at a time through the model, most wait in the queue
+                signalled = time.perf_counter()
                 server.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.2)
+                readyz = await client.get(f"{server.url}/readyz")
+                posts.append(post())  # during the drain delay: still taken
+                await asyncio.sleep(DRAIN_DELAY_S + 0.3 - (time.perf_counter() - signalled))
                 with pytest.raises(httpx.ConnectError):
                     await client.get(f"{server.url}/healthz")  # the listening socket is closed
-                return await asyncio.gather(*posts)
+                return readyz, await asyncio.gather(*posts)
 
-        responses = asyncio.run(burst())
-        assert [r.status_code for r in responses] == [200] * 8
+        readyz, responses = asyncio.run(burst())
+        assert readyz.status_code == 503 and "shutting down" in readyz.json()["detail"]
+        assert [r.status_code for r in responses] == [200] * 9
         assert server.process.wait(timeout=10) == 0
         assert "Finished server process" in server.output()
 
