@@ -1,34 +1,31 @@
-# CPU image by default; `--build-arg BASE=cuda` builds on NVIDIA's CUDA runtime image instead
-# (run it with `docker run --gpus all`; CAPTIONER_DEVICE=auto then picks the GPU).
-ARG BASE=cpu
-
-FROM python:3.11-slim AS base-cpu
-
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS base-cuda
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && ln -s /usr/bin/python3.11 /usr/local/bin/python
-
+# Builds offline, from wheels gathered on the host first (README, "Container"):
+#   python3 scripts/wheelhouse.py && docker build -t captioner .
+# BASE: any image with Python 3.11 and its venv module (tests/test_container.py builds on a Debian
+# bookworm image it makes itself). The torch wheel in the wheelhouse decides CPU-only or CUDA; the
+# CUDA one runs on a GPU with `docker run --gpus all` and no CUDA base image, its libraries being wheels.
+ARG BASE=python:3.11-slim
 # hadolint ignore=DL3006
-FROM base-${BASE}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH HOME=/tmp
 WORKDIR /srv/captioner
 
-# The same install as `make serve`: the project itself, whose pyproject.toml pins torch and torchvision.
-COPY pyproject.toml README.md ./
-COPY model/ model/
-COPY app/ app/
-# hadolint ignore=DL3013
-RUN python -m venv /opt/venv \
-    && python -m pip install --upgrade pip \
-    && python -m pip install .
+# The dependencies, each wheel checked against its sha256; this layer is rebuilt only when
+# requirements.txt (the set of wheels) changes, not when the code does.
+COPY wheelhouse/requirements.txt /tmp/requirements.txt
+RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    python3 -m venv /opt/venv \
+    && pip install --no-index --find-links /wheelhouse --require-hashes --no-deps -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
+COPY wheelhouse/captioner-*.whl /tmp/
+RUN pip install --no-index --no-deps /tmp/captioner-*.whl && rm /tmp/captioner-*.whl
+
+# A weights folder whose files do not match its manifest fails the build here, with the file named.
 COPY weights/ weights/
-RUN useradd --create-home --uid 10001 captioner
-USER 10001
+RUN chmod -R a+rX weights && python -m model.weights weights
 
+USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]

@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PORT ?= 8000
 
-.PHONY: serve test browser
+.PHONY: serve test test-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/python -m app --host 0.0.0.0 --port $(PORT)
 
-# Debian's Chromium drives the web-page test; without it (not root, no apt) that one test skips.
-browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium), for the web-page test"; \
-	else echo "installing Debian's chromium for the web-page test (apt-get, about a minute)"; \
-		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1 && echo "chromium installed") \
-		|| echo "chromium could not be installed (needs root and apt): the web-page test will be skipped"; fi
+# Debian packages that some tests drive: Chromium (the web-page test), podman, mmdebstrap and runc
+# (the container test). Without root and apt they cannot be installed, and those tests skip, saying why.
+TEST_TOOLS = chromium podman mmdebstrap runc
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then echo "test tools present: $(TEST_TOOLS)"; \
+	else echo "installing Debian's$$missing for the web-page and container tests (apt-get, about a minute)"; \
+		(apt-get update -qq && apt-get install -y -qq $$missing >/dev/null 2>&1 && echo "installed:$$missing") \
+		|| echo "could not install$$missing (needs root and apt): the tests that need them will be skipped"; fi
 
 # Progress as dots with a percentage, the 15 slowest tests at the end, and why any test skipped.
-test: $(VENV)/.installed-dev browser
+test: $(VENV)/.installed-dev test-tools
 	$(VENV)/bin/python -m pytest -q --durations=15

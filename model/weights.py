@@ -87,3 +87,15 @@ def load_weights(directory: str | Path) -> tuple[Decoder, Vocab, dict]:
     decoder = Decoder(config)
     decoder.load_state_dict(load_file(directory / DECODER_FILE))
     return decoder.eval(), Vocab.load(directory / VOCAB_FILE), manifest
+
+
+if __name__ == "__main__":  # python -m model.weights DIR: the check the container build runs on its weights
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m model.weights WEIGHTS_DIR")
+    try:
+        checked = verify(sys.argv[1])
+    except WeightsError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{sys.argv[1]}: {checked['model_id']}, every file matches its manifest")

@@ -10,6 +10,20 @@ from app.local_server import ROOT, running_server
 
 WEIGHTS = ROOT / "weights"
 __all__ = ["ROOT", "WEIGHTS", "running_server"]  # the test modules import these from here
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def figures(request) -> list[str]:
+    """Lines a test measured (build time, image size...): printed in a "figures" section at the end of the run."""
+    return request.config.stash.setdefault(FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if lines := config.stash.get(FIGURES, []):
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
