@@ -39,12 +39,13 @@ async def load_model(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     batcher = Batcher(app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit)
     try:
-        captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device, settings.decoder_precision))
+        captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device, settings.decoder_precision,
+                                                                 settings.encoder_runtime))
     except Exception as error:
         exit_with(f"refusing to start: cannot load the model from {settings.weights_dir}: {error}")
     app.state.captioner = captioner
     app.state.batcher = batcher  # set last: its presence is what readyz reports (routes.require_ready)
-    logger.info("ready: %s on %s", captioner.model_id, captioner.device)
+    logger.info("ready: %s on %s, CNN through %s", captioner.model_id, captioner.device, captioner.encoder.runtime)
 
 
 @asynccontextmanager

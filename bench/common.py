@@ -162,7 +162,7 @@ def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
     settings = Settings()
     if naive:
         return naive_captioner(weights, settings.device)
-    return Captioner.load(weights, settings.device, settings.decoder_precision)
+    return Captioner.load(weights, settings.device, settings.decoder_precision, settings.encoder_runtime)
 
 
 def model_summary(captioner: Captioner) -> dict:

@@ -39,7 +39,7 @@ def naive_captioner(weights: Path, device: str = "auto") -> Captioner:
     Decoder.for_inference, and an NCHW CNN (naive_encoder)."""
     device = resolve_device(device)
     decoder, vocab, manifest = load_weights(weights)
-    encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device))
+    encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device, runtime="eager"))
     return Captioner(encoder, decoder.to(device), vocab, manifest)
 
 

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         table = extract_features(encoder, paths, Path(folder) / "cache")
         ours_per_s = len(table.paths) / (time.perf_counter() - started)
-        nchw_encoder = naive_encoder(encoder)
+        nchw_encoder = naive_encoder(build_encoder(DEFAULT_ENCODER, device, runtime="eager"))
         naive_features(nchw_encoder, paths[:1])
         started = time.perf_counter()
         naive_features(nchw_encoder, paths)

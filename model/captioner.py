@@ -67,17 +67,18 @@ class Captioner:
 
     @classmethod
     def load(
-        cls, directory: str | Path = "weights", device: str | torch.device = "auto", precision: str = "auto"
+        cls, directory: str | Path = "weights", device: str | torch.device = "auto", precision: str = "auto",
+        runtime: str = "auto",
     ) -> Captioner:
         """The decoder's matmuls run in `precision` (auto, bf16 or fp32); the CNN runs in fp32, as
-        it did when the training features were cached."""
+        it did when the training features were cached, through `runtime` (model.encoder.use_runtime)."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
         encoder = manifest.get("encoder", {})
         if not encoder.get("name") or not encoder.get("pooling"):
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
         decoder = decoder.to(device).for_inference(resolve_precision(precision, device))
-        return cls(build_encoder(encoder["name"], device, encoder["pooling"]), decoder, vocab, manifest)
+        return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]

@@ -7,11 +7,20 @@ machines that can download their weights; elsewhere they fail fast with a clear 
 
 Every encoder carries a `fingerprint` (name + sha256 of its weights + preprocessing + pooling):
 cached features and trained decoders are only valid for the encoder that made them.
+
+On the CPU the CNN runs through ONNX Runtime by default (RUNTIMES): exported from the same module
+at load (about a second, in memory, so nothing is written and a read-only container needs no
+build step), checked against the eager path on a probe batch, 2.4x faster at batch 1 and 4x at
+batch 8 than eager PyTorch on 2 cores, with features within 1e-6 of it (bench/encoders.py). If it
+cannot load or does not match, the eager path runs instead, and one log line says why.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +31,10 @@ from PIL import Image
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
-from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS
+from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES
+
+logger = logging.getLogger("captioner")
+MAX_RUNTIME_DRIFT = 1e-4  # ||f - f_eager|| / ||f_eager|| on the probe batch; fp32 ONNX Runtime is at about 1e-6
 
 class EncoderUnavailable(RuntimeError):
     """The encoder's weights cannot be had on this machine."""
@@ -104,12 +116,16 @@ class Encoder(nn.Module):
         self.pooling = pooling  # a name from POOLINGS: what a manifest records to rebuild this encoder
         self.fingerprint = f"{name}:{weights_sha256[:16]}:{preprocessing.describe()}:{pooling_detail or pooling}"
         self.transform = preprocessing.transform()
+        self.runtime = "eager"  # what runs the CNN: one of RUNTIMES but auto (use_runtime)
+        self._session = None  # an onnxruntime.InferenceSession when runtime == "onnxruntime"
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         # -> [B, 3, size, size]
         return torch.stack([self.transform(image.convert("RGB")) for image in images])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._session is not None:  # ONNX Runtime takes NCHW fp32 arrays
+            return torch.from_numpy(self._session.run(None, {"pixels": pixels.float().contiguous().cpu().numpy()})[0])
         return self.trunk(pixels)  # [B, 3, H, W] -> [B, D]
 
     @torch.inference_mode()
@@ -238,7 +254,56 @@ def _replace_classifier_with_identity(net: nn.Module) -> int:
     return first_linear.in_features
 
 
-def build_encoder(name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu", pooling: str = DEFAULT_POOLING) -> Encoder:
-    """pooling: one of POOLINGS; the manifest of trained weights names theirs."""
+def build_encoder(
+    name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu", pooling: str = DEFAULT_POOLING, runtime: str = "auto"
+) -> Encoder:
+    """pooling: one of POOLINGS; the manifest of trained weights names theirs. runtime: one of RUNTIMES."""
     encoder = _efficientnet_lite0(pooling) if name == DEFAULT_ENCODER else _torchvision(name, pooling)
-    return encoder.to(device).to(memory_format=torch.channels_last)
+    encoder = encoder.to(device).to(memory_format=torch.channels_last)
+    use_runtime(encoder, runtime)
+    return encoder
+
+
+def use_runtime(encoder: Encoder, runtime: str) -> None:
+    """auto: ONNX Runtime on the CPU, eager PyTorch on a GPU. ONNX Runtime that cannot load, or whose
+    features differ from the eager path's on a probe batch, leaves the eager path, with one log line."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown encoder runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    on_cpu = next(encoder.parameters()).device.type == "cpu"
+    if runtime == "eager" or (runtime == "auto" and not on_cpu):
+        return
+    try:
+        if not on_cpu:
+            raise RuntimeError("it runs the CNN on the CPU here, and the model is on a GPU")
+        session = onnx_session(export_onnx(encoder.trunk, encoder.preprocessing.size))
+        probe = torch.rand(2, 3, encoder.preprocessing.size, encoder.preprocessing.size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = encoder.trunk(probe)
+        got = torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0])
+        drift = ((got - expected).norm(dim=1) / expected.norm(dim=1)).max().item()
+        if not drift <= MAX_RUNTIME_DRIFT:
+            raise RuntimeError(f"its features differ from the eager path's by {drift:.1e} (allowed {MAX_RUNTIME_DRIFT:.0e})")
+    except Exception as error:  # ImportError, export and session errors, an unsupported CPU: all mean eager
+        logger.warning("encoder runtime: eager PyTorch, not ONNX Runtime: %s: %s", type(error).__name__, error)
+        return
+    encoder.runtime, encoder._session = "onnxruntime", session
+
+
+def export_onnx(trunk: nn.Module, size: int) -> bytes:
+    """The trunk as an ONNX model: pixels [B, 3, size, size] -> features [B, D]."""
+    exported = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(trunk, (torch.zeros(1, 3, size, size),), exported, input_names=["pixels"], output_names=["features"],
+                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+    return exported.getvalue()
+
+
+def onnx_session(model: bytes):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use: OMP_NUM_THREADS or the cores
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])

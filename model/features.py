@@ -5,7 +5,7 @@ on its centre. The CNN is frozen, so augmenting the training photos means more c
 (one table per view), not slower epochs: training draws one view per caption per step.
 
 The cache file is keyed by the encoder's fingerprint (name, weights sha256, preprocessing,
-pooling), the view, and the list of images with their sizes and modification times, so a changed
+pooling), its runtime (eager PyTorch or ONNX Runtime: their features never mix), the view, and the list of images with their sizes and modification times, so a changed
 encoder or a changed data set never reuses stale features. A missing, corrupt or truncated image
 is skipped with a warning naming it, and counted; it never stops the extraction.
 """
@@ -77,7 +77,7 @@ def _collate(batch):
 
 
 def _cache_key(encoder: Encoder, paths: list[Path], view: str) -> str:
-    digest = hashlib.sha256(f"{encoder.fingerprint}:view={view}".encode())
+    digest = hashlib.sha256(f"{encoder.fingerprint}:runtime={encoder.runtime}:view={view}".encode())
     for path in (p.resolve() for p in paths):
         stat = path.stat() if path.exists() else None
         digest.update(f"\n{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}".encode())

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 DEFAULT_ENCODER = "efficientnet-lite0"
 POOLINGS = ("head-mean", "grids", "head-mean+grids")  # how the CNN becomes v (model.encoder)
 DEFAULT_POOLING = "head-mean"
+RUNTIMES = ("auto", "onnxruntime", "eager")  # what runs the CNN (model.encoder.use_runtime); auto: ONNX Runtime on the CPU
 VIEWS = ("plain", "flip", "zoom", "zoom-flip")  # how a training photo is seen before the CNN (model.features)
 
 

@@ -424,7 +424,7 @@ def manifest(args: argparse.Namespace, dataset, encoder, decoding: Decoding, rec
     splits = {name: dataset.split(name) for name in ("train", "val", "test")}
     return {
         "encoder": {"name": encoder.name, "pooling": encoder.pooling, "fingerprint": encoder.fingerprint,
-                    "weights_sha256": encoder.weights_sha256},
+                    "weights_sha256": encoder.weights_sha256, "runtime": encoder.runtime},  # runtime: what made the training features
         "decoding": decoding.to_dict(),
         "data": {
             "name": dataset.name,

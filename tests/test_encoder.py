@@ -157,3 +157,39 @@ def test_torchvision_encoder_without_network_fails_clearly(monkeypatch, tmp_path
 def test_unknown_encoder_name_is_refused():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder("no-such-net")
+
+
+def test_the_cpu_runs_the_cnn_through_onnx_runtime_with_the_eager_paths_features(encoder):
+    eager = build_encoder(runtime="eager")
+    assert (encoder.runtime, eager.runtime) == ("onnxruntime", "eager")
+    fast, reference = encoder.encode(photos()), eager.encode(photos())
+    assert ((fast - reference).norm(dim=1) / reference.norm(dim=1)).max() < 1e-5
+    assert encoder.fingerprint == eager.fingerprint  # the same network: weights trained on either serve on both
+
+
+@pytest.mark.parametrize("failure", ["library missing", "features differ"])
+def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line(monkeypatch, caplog, failure):
+    import sys
+
+    import model.encoder
+
+    if failure == "library missing":
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    else:
+        monkeypatch.setattr(model.encoder, "MAX_RUNTIME_DRIFT", -1.0)  # no drift is small enough
+    with caplog.at_level("WARNING", logger="captioner"):
+        fallen = build_encoder()
+    assert fallen.runtime == "eager"
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line.startswith("encoder runtime: eager PyTorch, not ONNX Runtime: ")
+    assert ("import of onnxruntime" if failure == "library missing" else "differ from the eager path") in line
+    reference = build_encoder(runtime="eager").encode(photos())
+    assert torch.equal(fallen.encode(photos()), reference)
+
+
+def test_features_of_two_runtimes_never_share_a_cache_file(encoder, tmp_path):
+    path = tmp_path / "cat.png"
+    photos()[0].save(path)
+    extract_features(encoder, [path], tmp_path / "cache")
+    extract_features(build_encoder(runtime="eager"), [path], tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("features-*.safetensors"))) == 2

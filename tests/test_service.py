@@ -356,3 +356,12 @@ def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage):
         assert "Traceback" not in server.output()
     assert str(target) in message
     assert ("does not match its manifest" if damage == "flip" else "is missing") in message
+
+
+def test_the_eager_runtime_serves_the_same_caption_and_the_log_says_which_runs(served):
+    """CAPTIONER_ENCODER_RUNTIME=eager: PyTorch instead of ONNX Runtime for the CNN, the same captions."""
+    photo = encoded(Image.open(WEIGHTS.parent / "docs" / "examples" / "cameraman.jpg"), "JPEG")
+    with running_server(encoder_runtime="eager") as eager:
+        assert post(eager.url, photo).json()["captions"] == post(served.url, photo).json()["captions"]
+        assert "CNN through eager" in eager.output()
+    assert "CNN through onnxruntime" in served.output()
