@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bench import latency, throughput, train
+from bench import encoders, latency, startup, throughput, train
+from tests.conftest import ROOT
 
 MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch", "torch_threads", "python", "load_average"}
 PERCENTILES = {"p50_ms", "p90_ms", "p99_ms"}
@@ -55,3 +56,16 @@ def test_train(tmp_path):
     assert_positive({key: results["extraction"][key] for key in ("ours_per_s", "naive_per_s")})
     assert set(results["ratios"]) == {"training_naive_over_ours", "training_fp32_over_bf16", "extraction_ours_over_naive"}
     assert_positive(results["ratios"])
+
+
+def test_startup(tmp_path):
+    results = run(startup, tmp_path, "--repeats", "1")
+    assert set(results["startup"]) == {"eager", "onnxruntime"}
+    assert_positive({runtime: r["median_s"] for runtime, r in results["startup"].items()})
+
+
+def test_encoders(tmp_path):
+    results = run(encoders, tmp_path, "--repeats", "1", "--calibration", str(ROOT / "docs" / "examples"), "--calibration-images", "4")
+    assert len(results["runtimes"]) == 6
+    fp32 = results["runtimes"]["ONNX Runtime fp32 (runtime auto on a CPU)"]
+    assert fp32["drift_max"] < 1e-4 and fp32["ms_per_image_batch1"] > 0
