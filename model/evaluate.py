@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from model import cli
+from model.options import RUNTIMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
+    parser.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
+                        help="what runs the CNN (auto: ONNX Runtime on the CPU, as the service runs it)")
     return parser
 
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dataset = load_dataset(args.data)
-        captioner = Captioner.load(args.weights, args.device, args.precision)
+        captioner = Captioner.load(args.weights, args.device, args.precision, args.encoder_runtime)
     except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
     items = dataset.split(args.split)
