@@ -58,8 +58,15 @@ def beam_search(
     only_end[end_id] = 0.0
     image_offset = torch.arange(B, device=device)[:, None] * K  # [B, 1]
 
+    all_rows = torch.arange(B * K, device=device)
     for t in range(max_length):
-        log_probs, state = decoder.step(tokens, state)  # [B*K, V]
+        # The decoder runs only where a step can change something: not on finished beams (they may
+        # only add <end>), and on the first step on one beam per image (all K start alike).
+        live = (all_rows % K == 0) if t == 0 else ~finished.view(-1)  # [B*K]
+        if live.all():
+            log_probs, state = decoder.step(tokens, state)  # [B*K, V]
+        else:
+            log_probs, state = _step_rows(decoder, tokens, state, live.nonzero().squeeze(1), only_end)
         log_probs[:, list(banned_ids)] = float("-inf")
         if block_ngram and history.size(2) >= block_ngram:
             log_probs.masked_fill_(_repeats(history, block_ngram, V).view(B * K, V), float("-inf"))
@@ -81,6 +88,15 @@ def beam_search(
     return [
         _best(history[b].tolist(), scores[b].tolist(), end_id, num_captions, length_penalty) for b in range(B)
     ]
+
+
+def _step_rows(decoder: Decoder, tokens: torch.Tensor, state: tuple, rows: torch.Tensor, fill: torch.Tensor) -> tuple:
+    """decoder.step on `rows` of the beams only; the other rows get `fill` [V] and keep their state."""
+    h, c, image_gates = state
+    row_log_probs, (row_h, row_c, _) = decoder.step(tokens[rows], (h[rows], c[rows], image_gates[rows]))
+    log_probs = fill.expand(tokens.size(0), -1).clone()  # [B*K, V]
+    log_probs[rows] = row_log_probs
+    return log_probs, (h.index_copy(0, rows, row_h), c.index_copy(0, rows, row_c), image_gates)
 
 
 def _repeats(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
