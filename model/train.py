@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from model import cli
-from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, VIEWS, Decoding
+from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES, VIEWS, Decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="CNN encoder: efficientnet-lite0 (bundled) or a torchvision model name")
     p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help="how the CNN becomes v")
+    p.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the CNN for the cached features (auto: ONNX Runtime on the CPU, as the service)")
     p.add_argument("--views", default="plain", help=f"comma-separated views of each training photo, cached once: {', '.join(VIEWS)}")
     p.add_argument("--init", help="start from this trained weights folder (its vocabulary, sizes and encoder)")
     p.add_argument("--scst", action="store_true", help="self-critical training on CIDEr-D instead of cross-entropy (needs --init)")
@@ -121,10 +123,11 @@ CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
-    "data", "encoder", "pooling", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
+    "data", "encoder", "pooling", "encoder_runtime", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs",
+    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
     "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
 )
+SETTINGS_BEFORE_THEY_EXISTED = {"encoder_runtime": "eager"}  # what a checkpoint that does not name them ran with
 
 
 def check_export(target: Path, force: bool) -> None:
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: --resume: no checkpoint at {checkpoint_path}")
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         for name in RUN_SETTINGS:
-            setattr(args, name, checkpoint["args"][name])
+            setattr(args, name, checkpoint["args"].get(name, SETTINGS_BEFORE_THEY_EXISTED.get(name)))
     check_writable(args.out)
     check_writable(args.cache_dir)  # else a full disk shows only after extracting every image's features
     if args.export:
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         init = load_weights(args.init) if args.init else None
         if init is not None:  # the decoder's encoder, not the flags', so that its features match
             args.encoder, args.pooling = init[2]["encoder"]["name"], init[2]["encoder"].get("pooling", DEFAULT_POOLING)
-        encoder = build_encoder(args.encoder, device, args.pooling)
+        encoder = build_encoder(args.encoder, device, args.pooling, args.encoder_runtime)
     except (DatasetFormatError, EncoderUnavailable, WeightsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     train_items, val_items = dataset.split("train"), dataset.split("val")
@@ -467,7 +470,7 @@ def save_checkpoint(path, args, decoder, averaged, optimizer, scheduler, epoch, 
 def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: float) -> None:
     """Score the best weights on every split but train with every metric, record it in their manifest, export them."""
     best = args.out / "best"
-    captioner = Captioner.load(best, device)
+    captioner = Captioner.load(best, device, runtime=args.encoder_runtime)
     full = verify(best)
     for split in ("val", "test"):
         items = dataset.split(split)
