@@ -71,7 +71,10 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}: {server.output()}")
 
-    wait_for_readyz(server.url, alive, timeout)
+    try:
+        wait_for_readyz(server.url, alive, timeout)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}: {server.output()}") from None
 
 
 def wait_for_readyz(url: str, alive: Callable[[], None], timeout: float = 120) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import ROOT, machine, parser, positive, print_table, write_json
+from bench.common import ROOT, parser, positive, print_table, write_json
 from model.encoder import build_encoder, export_onnx, onnx_session
 
 Run = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, 3, 224, 224] -> features [B, D] fp32
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = load_pixels(encoder, args.photos, 64)
     reference = eager(trunk, channels_last=False)(pixels)  # [N, D]
 
-    rows, results = [], {"machine": machine(), "photos": str(args.photos), "runtimes": {}}
+    rows, results = [], {"photos": str(args.photos), "runtimes": {}}  # write_json adds the machine
     with tempfile.TemporaryDirectory(prefix="captioner-encoders-") as folder:
         builders: dict[str, Callable[[], Run]] = {
             "eager fp32 NCHW (naive)": lambda: eager(trunk, channels_last=False),

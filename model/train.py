@@ -124,8 +124,8 @@ MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
     "data", "encoder", "pooling", "encoder_runtime", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs",
-    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim", "hidden_dim", "min_count", "max_words",
-    "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
+    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim",
+    "hidden_dim", "min_count", "max_words", "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
 )
 SETTINGS_BEFORE_THEY_EXISTED = {"encoder_runtime": "eager"}  # what a checkpoint that does not name them ran with
 
