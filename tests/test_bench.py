@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench import encoders, latency, startup, throughput, train
+from bench import beam, encoders, latency, startup, throughput, train
 from tests.conftest import ROOT
 
 MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch", "torch_threads", "python", "load_average"}
@@ -69,3 +69,13 @@ def test_encoders(tmp_path):
     assert len(results["runtimes"]) == 6
     fp32 = results["runtimes"]["ONNX Runtime fp32 (runtime auto on a CPU)"]
     assert fp32["drift_max"] < 1e-4 and fp32["ms_per_image_batch1"] > 0
+
+
+def test_beam(tmp_path):
+    results = run(beam, tmp_path, "--repeats", "3")
+    assert results["vocabulary"] > 1000 and results["beams"] == 3  # the shipped weights
+    assert set(results["parts_us"]) == {"bf16", "fp32", "int8 dynamic (not served)"}
+    for precision in ("bf16", "fp32"):
+        assert_positive(results["parts_us"][precision])
+    bf16, fp32 = results["parts_us"]["bf16"], results["parts_us"]["fp32"]
+    assert bf16["weight_bytes_per_step"] * 2 == fp32["weight_bytes_per_step"]
