@@ -12,16 +12,17 @@ median ms per caption.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from bench.common import ROOT, parser, positive, print_table, repeat_timed, serving_beam_size, write_json
-from model.captioner import Captioner, describe
+from bench.common import ROOT, load_photos, parser, positive, print_table, repeat_timed, write_json
+from model.captioner import describe
+from model.encoder import build_encoder
 from model.options import Decoding
 from model.weights import load_weights
 
@@ -43,19 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=Path, default=ROOT / "docs" / "examples", help="photos captioned (default: docs/examples)")
     p.add_argument("--repeats", type=positive, default=2000, help="timed calls of each part (default 2000)")
     args = p.parse_args(argv)
-    beams = args.beam_size or serving_beam_size(args.weights)
-    _, vocab, manifest = load_weights(args.weights)
-    decoding = Decoding(**manifest.get("decoding", {})).but(beam_size=beams)
-    photos = []
-    for path in sorted(args.photos.glob("*.jpg")):
-        with Image.open(path) as image:
-            photos.append(image.convert("RGB"))
-    all_features = Captioner.load(args.weights, "cpu", runtime="eager").encode(photos)  # [P, D]
+    trained, vocab, manifest = load_weights(args.weights)
+    decoding = Decoding(**manifest.get("decoding", {})).but(beam_size=args.beam_size)
+    beams = decoding.beam_size
+    encoder = build_encoder(manifest["encoder"]["name"], pooling=manifest["encoder"]["pooling"], runtime="eager")
+    all_features = encoder.encode(load_photos(args.photos))  # [P, D]
     features = all_features[:1]  # the step's parts: the first photo
 
     rows, results = [], {"weights": manifest["model_id"], "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        decoder = load_weights(args.weights)[0].for_inference(dtype)
+        decoder = copy.deepcopy(trained).for_inference(dtype)  # for_inference works in place
         with torch.inference_mode():
             state = tuple(part.repeat_interleave(beams, 0) for part in decoder.start(features))
         tokens = torch.arange(beams) + vocab.unk_id + 1

@@ -147,6 +147,21 @@ def photo_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def load_photos(folder: Path, count: int | None = None) -> list[Image.Image]:
+    """The first `count` (default: all) .jpg photos of folder, in name order, as RGB images."""
+    paths = sorted(folder.glob("*.jpg"))[:count]
+    if not paths:
+        raise SystemExit(f"error: no .jpg photos in {folder}")
+    photos = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                photos.append(image.convert("RGB"))
+        except (OSError, ValueError) as error:  # PIL's errors for a file that is not a readable image
+            raise SystemExit(f"error: cannot read {path}: {error}") from None
+    return photos
+
+
 # ---------------------------------------------------------------- the server
 
 

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from bench.common import ROOT, parser, positive, print_table, write_json
+from bench.common import ROOT, load_photos, parser, positive, print_table, write_json
 from model.encoder import build_encoder, export_onnx, onnx_session
 
 Run = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, 3, 224, 224] -> features [B, D] fp32
@@ -35,14 +34,7 @@ FLICKR8K_IMAGES = ROOT.parent / "shared" / "data" / "flickr8k" / "Images"
 
 
 def load_pixels(encoder, folder: Path, count: int) -> torch.Tensor:
-    paths = sorted(folder.glob("*.jpg"))[:count]
-    if not paths:
-        raise SystemExit(f"error: no .jpg photos in {folder}")
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return encoder.preprocess(images)  # [N, 3, 224, 224]
+    return encoder.preprocess(load_photos(folder, count))  # [N, 3, 224, 224]
 
 
 def eager(trunk: torch.nn.Module, channels_last: bool, bf16: bool = False) -> Run:

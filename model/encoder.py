@@ -18,6 +18,7 @@ cannot load or does not match, the eager path runs instead, and one log line say
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import logging
 import socket
@@ -207,8 +208,6 @@ LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientne
 
 
 def _efficientnet_lite(name: str, pooling: str) -> Encoder:
-    import importlib
-
     from efficientnet_lite_pytorch import EfficientNet
 
     index = name.removeprefix("efficientnet-lite")
