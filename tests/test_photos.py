@@ -167,3 +167,17 @@ def test_calibration_fits_on_half_the_val_photos_and_is_saved(trained, photos, t
     assert set(saved["unlike_photos_flagged"]) == {"blank frame", "noise", "screenshot of text"}
     captioner = Captioner.load(weights)  # the service's loader reads the fit back
     assert captioner.calibration.threshold == saved["threshold"]
+
+
+@pytest.mark.parametrize("start", ["new decoder", "init"])
+def test_fine_tuning_the_head_trains_and_scores_on_photos(trained, photos, start):
+    out, _ = trained
+    init = ["--init", str(out / "best")] if start == "init" else []
+    result = run("scripts/finetune_head.py", "--data", str(photos), "--cache-dir", str(photos.parent / "cache"),
+                 "--epochs", "2", *init)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 2 unreadable images" in result.stderr
+    assert f"last-block maps of {TRAIN + VAL} photos" in result.stdout
+    epochs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [record["epoch"] for record in epochs] == [1, 2]
+    assert all(record["val_CIDEr"] >= 0 and record["head_moved"] > 0 for record in epochs)
