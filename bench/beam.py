@@ -8,7 +8,8 @@ matmuls alone (the recurrent W_h h, [beams, H] x [H, 4H], and the output layer, 
 and the weight bytes each step reads. Then, for comparison only (the service does not use it), the
 same two matmuls with int8 weights through torch's dynamic quantization. Last, whole captions:
 beam search on the features of each of --photos (model.captioner.describe, as the service),
-median ms per caption.
+median ms per caption and the mean words per caption (a caption of n words takes at least n + 1
+steps).
 """
 from __future__ import annotations
 
@@ -67,16 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         caption_ms = statistics.median(
             seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding), 10)
         ) * 1e3
-        results["parts_us"][name] = {**parts, "weight_bytes_per_step": weight_bytes, "caption_ms": caption_ms}
+        words = statistics.mean(len(best[0][0].split()) for best in describe(decoder, vocab, all_features, decoding))
+        results["parts_us"][name] = {**parts, "weight_bytes_per_step": weight_bytes, "caption_ms": caption_ms,
+                                     "words_per_caption": words}
         rows.append([name, parts["step"], parts["W_h h"], parts["output layer"],
-                     parts["step"] - parts["W_h h"] - parts["output layer"], f"{weight_bytes / 2**20:.2f}", caption_ms])
+                     parts["step"] - parts["W_h h"] - parts["output layer"], f"{weight_bytes / 2**20:.2f}", caption_ms, words])
         if name == "fp32":
             quantized = [int8_linear(decoder.w_hidden), int8_linear(decoder.out)]
             matmuls = [median_us(lambda m=m: m(h), args.repeats) for m in quantized]
             results["parts_us"]["int8 dynamic (not served)"] = {"W_h h": matmuls[0], "output layer": matmuls[1]}
-            rows.append(["int8 dynamic (not served)", "-", matmuls[0], matmuls[1], "-", f"{weight_bytes / 4 / 2**20:.2f}", "-"])
+            rows.append(["int8 dynamic (not served)", "-", matmuls[0], matmuls[1], "-", f"{weight_bytes / 4 / 2**20:.2f}", "-", "-"])
     print_table(f"beam search step, {beams} beams, {len(vocab)} words, {torch.get_num_threads()} threads (us)",
-                ["weights", "step", "W_h h", "output layer", "rest of step", "weight MiB/step", "caption ms"], rows)
+                ["weights", "step", "W_h h", "output layer", "rest of step", "weight MiB/step", "caption ms", "words"], rows)
     write_json(args.json, results)
     return 0
 
