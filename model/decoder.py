@@ -52,9 +52,11 @@ class Decoder(nn.Module):
         with torch.no_grad():  # forget-gate bias 1: remember by default early in training
             self.w_image.bias[H : 2 * H].fill_(1.0)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, label_smoothing: float = 0.0,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: features [B, D], tokens [B, T] (<start> w1 .. <end> <pad>..) -> the mean
-        cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1] over the real (non-pad) targets.
+        cross-entropy of predicting tokens[:, 1:] from tokens[:, :-1] over the real (non-pad) targets;
+        with weights [B], each caption's words count that much in the mean.
 
         The output layer runs on the real targets only: with a vocabulary of thousands it is the
         costliest matmul of a step, and a batch padded to its longest caption is partly padding
@@ -62,7 +64,12 @@ class Decoder(nn.Module):
         targets = tokens[:, 1:]  # [B, T-1]
         real = targets != self.config.pad_id  # [B, T-1]
         hidden = self.hidden_states(features, tokens)[real]  # [N, H]: N real targets
-        return F.cross_entropy(self.out(self.dropout(hidden)), targets[real], label_smoothing=label_smoothing)
+        logits = self.out(self.dropout(hidden))  # [N, V]
+        if weights is None:
+            return F.cross_entropy(logits, targets[real], label_smoothing=label_smoothing)
+        word_weights = weights[:, None].expand_as(targets)[real]  # [N]
+        losses = F.cross_entropy(logits, targets[real], label_smoothing=label_smoothing, reduction="none")  # [N]
+        return (losses * word_weights).sum() / word_weights.sum().clamp_min(1e-12)  # a batch of weight 0 learns nothing
 
     def hidden_states(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """features [B, D], tokens [B, T] -> h_1 .. h_{T-1} [B, T-1, H], the states that predict tokens[:, 1:]."""

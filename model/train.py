@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="validate and keep an exponential moving average of the weights with this decay per step (0: off)")
     p.add_argument("--dropout", type=float, default=0.3, help="on v, the word embeddings and the LSTM output")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="share of each target word's probability spread over the vocabulary")
+    p.add_argument("--consensus-weighting", type=float, default=0.0,
+                   help="weigh each training caption by its CIDEr-D against its photo's other captions, to this power (0: all alike)")
     p.add_argument("--embed-dim", type=int, default=256, help="word embedding size")
     p.add_argument("--hidden-dim", type=int, default=512, help="LSTM state size")
     p.add_argument("--min-count", type=int, default=5, help="rarer words become <unk>")
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--dropout and --label-smoothing must be in [0, 1)")
     if args.block_ngram < 0:
         p.error("--block-ngram must be 0 or more")
+    if args.consensus_weighting < 0:
+        p.error("--consensus-weighting must be 0 or more")
     if not 0 <= args.ema < 1:
         p.error("--ema must be in [0, 1)")
     args.views = args.views.split(",") if isinstance(args.views, str) else args.views
@@ -124,10 +128,10 @@ MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
     "data", "encoder", "pooling", "encoder_runtime", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs",
-    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "embed_dim",
+    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "consensus_weighting", "embed_dim",
     "hidden_dim", "min_count", "max_words", "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
 )
-SETTINGS_BEFORE_THEY_EXISTED = {"encoder_runtime": "eager"}  # what a checkpoint that does not name them ran with
+SETTINGS_BEFORE_THEY_EXISTED = {"encoder_runtime": "eager", "consensus_weighting": 0.0}  # what a checkpoint that does not name them ran with
 
 
 def check_export(target: Path, force: bool) -> None:
@@ -154,18 +158,38 @@ def check_writable(directory: Path) -> None:
         raise SystemExit(f"error: only {free // 2**20} MiB free in {directory}; need {MIN_FREE_BYTES // 2**20} MiB")
 
 
-def caption_tensors(items: list[ImageCaptions], rows: dict[Path, int], vocab: Vocab, max_words: int) -> TensorDataset:
-    """(feature row, token ids) for every caption: [N] and [N, T] padded with <pad>."""
+def caption_tensors(items: list[ImageCaptions], rows: dict[Path, int], vocab: Vocab, max_words: int,
+                    consensus: float = 0.0) -> TensorDataset:
+    """(feature row, token ids, weight) for every caption: [N], [N, T] padded with <pad>, and [N], all 1
+    unless consensus > 0 (consensus_weights)."""
+    items = [item for item in items if item.image_path in rows]
     pairs = [
         (rows[item.image_path], [vocab.start_id, *vocab.encode(caption)[1:-1][:max_words], vocab.end_id])
         for item in items
-        if item.image_path in rows
         for caption in item.captions
     ]
     tokens = torch.full((len(pairs), max(len(ids) for _, ids in pairs)), vocab.pad_id, dtype=torch.long)
     for i, (_, ids) in enumerate(pairs):
         tokens[i, : len(ids)] = torch.tensor(ids)
-    return TensorDataset(torch.tensor([row for row, _ in pairs]), tokens)
+    weights = consensus_weights(items, consensus) if consensus > 0 else torch.ones(len(pairs))
+    return TensorDataset(torch.tensor([row for row, _ in pairs]), tokens, weights)
+
+
+def consensus_weights(items: list[ImageCaptions], power: float) -> torch.Tensor:
+    """A weight for each caption of each item, in order: its CIDEr-D against the photo's other captions,
+    to the given power, scaled to a mean of 1.
+
+    Five people describe a photo differently; the words most of them use are what a reader (and
+    CIDEr) expects, while a caption nobody else's resembles is often an idiosyncrasy or a mistake."""
+    references = [[tokenize(caption) for caption in item.captions] for item in items]
+    cider = CiderD(references)
+    scores = torch.tensor([
+        cider.score(caption, refs[:i] + refs[i + 1:]) if len(refs) > 1 else 1.0
+        for refs in references
+        for i, caption in enumerate(refs)
+    ])  # [N]
+    weights = scores.pow(power)
+    return weights / weights.mean() if weights.sum() > 0 else torch.ones_like(weights)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int):
@@ -192,11 +216,13 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor, tokens: torch.Tensor,
-               pad_id: int, bf16: bool, clip: float, label_smoothing: float = 0.0) -> torch.Tensor:
-    """One cross-entropy step on features [B, D] and their captions' tokens [B, T]; returns the loss."""
+               pad_id: int, bf16: bool, clip: float, label_smoothing: float = 0.0, weights: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """One cross-entropy step on features [B, D] and their captions' tokens [B, T] (weighted by
+    weights [B], if given); returns the loss."""
     tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]  # drop all-pad columns
     with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
-        loss = model(features, tokens, label_smoothing)  # through DDP when distributed: it syncs the gradients
+        loss = model(features, tokens, label_smoothing, weights)  # through DDP when distributed: it syncs the gradients
     optimizer_step(model, optimizer, loss, clip)
     return loss.detach()
 
@@ -319,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         rewards = Rewards(train_items, table.rows(), vocab)
         examples = TensorDataset(torch.tensor(sorted(rewards.references)))  # each training photo once an epoch
     else:
-        examples = caption_tensors(train_items, table.rows(), vocab, args.max_words)
+        examples = caption_tensors(train_items, table.rows(), vocab, args.max_words, args.consensus_weighting)
 
     if init is not None:
         config = init[0].config
@@ -373,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                 loss, reward = scst_step(decoder, optimizer, features[view, rows], rows, rewards, args.scst_samples,
                                          args.scst_baseline, bf16, args.clip, decoding.max_length)
             else:
+                weights = batch[2].to(device) if args.consensus_weighting else None
                 loss, reward = train_step(model, optimizer, features[view, rows], batch[1].to(device), vocab.pad_id, bf16,
-                                          args.clip, args.label_smoothing), 0.0
+                                          args.clip, args.label_smoothing, weights), 0.0
             scheduler.step()
             if averaged:
                 averaged.update_parameters(decoder)

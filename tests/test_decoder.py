@@ -33,6 +33,17 @@ def test_loss_is_cross_entropy_over_the_real_targets():
     assert torch.allclose(decoder(features, tokens), expected, atol=1e-6)
 
 
+def test_caption_weights_set_each_captions_share_of_the_loss():
+    decoder = tiny_decoder()
+    tokens = torch.tensor([[START, 4, 5, END, PAD], [START, 6, 7, 8, END]])
+    features = torch.randn(2, 6)
+    assert torch.allclose(decoder(features, tokens, weights=torch.ones(2)), decoder(features, tokens), atol=1e-6)
+    assert torch.allclose(decoder(features, tokens, weights=torch.tensor([1.0, 0.0])), decoder(features[:1], tokens[:1, :4]),
+                          atol=1e-6)
+    doubled = decoder(features[[0, 0, 1]], tokens[[0, 0, 1]])  # weight 2: as if the first caption came twice
+    assert torch.allclose(decoder(features, tokens, weights=torch.tensor([2.0, 1.0])), doubled, atol=1e-6)
+
+
 def test_stepwise_decoding_matches_teacher_forcing():
     """The teacher-forced loop (training) and the one-step path (beam search) compute the same model."""
     decoder = tiny_decoder()

@@ -13,8 +13,9 @@ import safetensors.torch
 import torch
 
 from model.captioner import Captioner
-from model.data import load_dataset
+from model.data import ImageCaptions, load_dataset
 from model.synthetic import load_scenes
+from model.train import consensus_weights
 from model.weights import verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, trained, tmp
     extra = ["--epochs", "3", "--ema", "0.9"]  # the moving average is part of what must resume exactly
     if objective == "self-critical":
         extra += ["--init", str(trained[0] / "best"), "--scst", "--scst-samples", "2", "--lr", "1e-4"]
+    else:  # so is the weighting, a setting kept in the checkpoint
+        extra += ["--consensus-weighting", "1"]
     assert train(root, data, full, *extra).returncode == 0
 
     command = [sys.executable, "-m", "model.train", "--data", str(data), "--out", str(interrupted),
@@ -149,6 +152,16 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, trained, tmp
         assert all(torch.equal(a[k], b[k]) for k in a)
     best_a, best_b = (safetensors.torch.load_file(run / "best" / "decoder.safetensors") for run in (full, interrupted))
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+def test_consensus_weights_favour_the_captions_the_others_agree_with():
+    photo = ImageCaptions(Path("/p/dog.jpg"), ("a dog runs on the grass", "a brown dog runs on grass",
+                                                "a dog is running on the grass", "an old man reads a newspaper"), "train")
+    other = ImageCaptions(Path("/p/boy.jpg"), ("a boy jumps into a pool", "a child jumps into the water"), "train")
+    weights = consensus_weights([photo, other], power=1.0)  # [6]: the captions in order
+    assert weights.shape == (6,) and torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert weights[3] == weights[:4].min() and weights[3] < 0.1 * weights[:3].min()  # the odd one out
+    assert torch.allclose(consensus_weights([photo, other], power=0.5), weights.sqrt() / weights.sqrt().mean())
 
 
 def test_unwritable_output_fails_before_training(synthetic, tmp_path):
