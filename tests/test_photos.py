@@ -181,3 +181,18 @@ def test_fine_tuning_the_head_trains_and_scores_on_photos(trained, photos, start
     epochs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [record["epoch"] for record in epochs] == [1, 2]
     assert all(record["val_CIDEr"] >= 0 and record["head_moved"] > 0 for record in epochs)
+
+
+def test_decoder_ceiling_probes_an_ensemble_and_a_reranking_by_neighbours(trained, photos):
+    best = str(trained[0] / "best")
+    common = ["--data", str(photos), "--cache-dir", str(photos.parent / "cache")]
+    twice = run("scripts/decoder_ceiling.py", *common, "--weights", best, best)
+    assert twice.returncode == 0, twice.stderr[-3000:]
+    alone, ensemble = [line.split()[-1] for line in twice.stdout.splitlines() if line.strip().startswith("CIDEr")]
+    assert "ensemble of 2 decoders" in twice.stdout and alone == ensemble  # two copies average to the same distribution
+    reranked = run("scripts/decoder_ceiling.py", *common, "--weights", best, "--neighbours", "3", "--candidates", "3")
+    assert reranked.returncode == 0, reranked.stderr[-3000:]
+    assert "3 best beams reranked by the captions of the 3 nearest training photos" in reranked.stdout
+    assert len([line for line in reranked.stdout.splitlines() if line.strip().startswith("CIDEr")]) == 2
+    neither = run("scripts/decoder_ceiling.py", *common, "--weights", best)
+    assert neither.returncode == 2 and "error:" in neither.stderr
