@@ -128,8 +128,9 @@ MIN_FREE_BYTES = 200 * 2**20
 # What defines a run: on --resume these come from the checkpoint, not the command line.
 RUN_SETTINGS = (
     "data", "encoder", "pooling", "encoder_runtime", "views", "init", "scst", "scst_samples", "scst_baseline", "epochs",
-    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing", "consensus_weighting", "embed_dim",
-    "hidden_dim", "min_count", "max_words", "patience", "beam_size", "length_penalty", "block_ngram", "precision", "seed",
+    "batch_size", "lr", "weight_decay", "warmup_epochs", "clip", "ema", "dropout", "label_smoothing",
+    "consensus_weighting", "embed_dim", "hidden_dim", "min_count", "max_words", "patience", "beam_size",
+    "length_penalty", "block_ngram", "precision", "seed",
 )
 SETTINGS_BEFORE_THEY_EXISTED = {"encoder_runtime": "eager", "consensus_weighting": 0.0}  # what a checkpoint that does not name them ran with
 
@@ -176,8 +177,8 @@ def caption_tensors(items: list[ImageCaptions], rows: dict[Path, int], vocab: Vo
 
 
 def consensus_weights(items: list[ImageCaptions], power: float) -> torch.Tensor:
-    """A weight for each caption of each item, in order: its CIDEr-D against the photo's other captions,
-    to the given power, scaled to a mean of 1.
+    """A weight for each caption of each item, in order: its CIDEr-D against the photo's other captions
+    (1 for a photo with one caption), to the given power, scaled to a mean of 1.
 
     Five people describe a photo differently; the words most of them use are what a reader (and
     CIDEr) expects, while a caption nobody else's resembles is often an idiosyncrasy or a mistake."""
