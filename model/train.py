@@ -223,7 +223,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, feature
     weights [B], if given); returns the loss."""
     tokens = tokens[:, : int((tokens != pad_id).sum(1).max())]  # drop all-pad columns
     with torch.autocast(features.device.type, torch.bfloat16, enabled=bf16):
-        loss = model(features, tokens, label_smoothing, weights)  # through DDP when distributed: it syncs the gradients
+        # Through DDP when distributed: it syncs the gradients. Only a weighted run passes weights, so
+        # models that take none (bench.naive's, scripts/finetune_head.py's) train through here too.
+        loss = model(features, tokens, label_smoothing, **({} if weights is None else {"weights": weights}))
     optimizer_step(model, optimizer, loss, clip)
     return loss.detach()
 
