@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(args.epochs):
         epoch_start, total, count = time.time(), 0.0, 0
         model.train()
-        for batch_rows, tokens in loader:
+        for batch_rows, tokens, _ in loader:  # the weights are all 1: no --consensus-weighting here
             loss = train_step(model, optimizer, maps[batch_rows], tokens, vocab.pad_id, bf16=True, clip=1.0,
                               label_smoothing=args.label_smoothing)
             scheduler.step()
