@@ -80,7 +80,8 @@ def neighbour_captions(captioner: Captioner, features: torch.Tensor, train: list
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python scripts/decoder_ceiling.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a Flickr8k folder (or any data set model.train reads)")
     p.add_argument("--weights", nargs="+", type=Path, default=[Path("weights")], help="weights folders; several: their ensemble")
     p.add_argument("--neighbours", type=int, default=0, help="rerank the first decoder's beams by these nearest training photos")
@@ -89,6 +90,8 @@ def main() -> None:
     args = p.parse_args()
     if (len(args.weights) > 1) == (args.neighbours > 0):
         p.error("give several --weights (an ensemble) or --neighbours K, not both")
+    if args.candidates < 1:
+        p.error("--candidates must be at least 1")
     try:
         dataset = load_dataset(args.data)
         captioners = [Captioner.load(folder, "cpu") for folder in args.weights]
@@ -105,6 +108,8 @@ def main() -> None:
     show(f"{first.model_id} alone", caption_items(first.decoder, first.vocab, features, first.decoding))
     if args.neighbours:
         train, train_features, _ = readable_features(first, dataset.split("train"), args.cache_dir)
+        if args.neighbours > len(train):
+            p.error(f"--neighbours {args.neighbours}: the data set has {len(train)} readable training photos")
         show(f"its {args.candidates} best beams reranked by the captions of the {args.neighbours} nearest training photos",
              neighbour_captions(first, features, train, train_features, args.neighbours, args.candidates))
     else:

@@ -196,3 +196,6 @@ def test_decoder_ceiling_probes_an_ensemble_and_a_reranking_by_neighbours(traine
     assert len([line for line in reranked.stdout.splitlines() if line.strip().startswith("CIDEr")]) == 2
     neither = run("scripts/decoder_ceiling.py", *common, "--weights", best)
     assert neither.returncode == 2 and "error:" in neither.stderr
+    for bad in (["--candidates", "0"], ["--neighbours", str(TRAIN + 1)]):
+        refused = run("scripts/decoder_ceiling.py", *common, "--weights", best, "--neighbours", "3", *bad)
+        assert refused.returncode == 2 and "error:" in refused.stderr.splitlines()[-1], refused.stderr[-2000:]
