@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {dataset.why_empty('val' if not val else 'train')}\n")
 
     val = sorted(val, key=lambda item: item.image_path.name)
-    items, features, _ = readable_features(captioner, val, args.cache_dir)
+    items, features, _ = readable_features(captioner.encoder, val, args.cache_dir)
     captions = [best[0] for best in captioner.describe(features)]
     cider = CiderD([[tokenize(c) for c in item.captions] for item in train])
     acceptable = [cider.score(tokenize(text), [tokenize(c) for c in item.captions]) >= ACCEPTABLE_CIDER_D

@@ -8,11 +8,12 @@ from PIL import Image
 
 from model.beam import beam_search
 from model.confidence import Calibration
+from model.consensus import ConsensusReranker
 from model.decoder import Decoder
 from model.encoder import Encoder, build_encoder
 from model.options import Decoding
 from model.vocab import Vocab
-from model.weights import WeightsError, load_weights
+from model.weights import WeightsError, load_reranker, load_weights
 
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
 
@@ -32,8 +33,12 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1) -> Captions:
-    """Beam search from image features [B, D] to texts."""
+def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,
+             reranker: ConsensusReranker | None = None) -> Captions:
+    """Beam search from image features [B, D] to texts; with decoding.consensus_weight, all finished
+    beams reranked by the reranker."""
+    if decoding.consensus_weight and reranker is None:
+        raise ValueError("this decoding reranks by consensus, but no reranker was given")
     hypotheses = beam_search(
         decoder,
         features,
@@ -42,15 +47,19 @@ def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: D
         banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id),  # <unk> is never shown, the others are not words
         beam_size=decoding.beam_size,
         max_length=decoding.max_length,
-        num_captions=num_captions,
+        num_captions=decoding.beam_size if decoding.consensus_weight else num_captions,
         length_penalty=decoding.length_penalty,
         block_ngram=decoding.block_ngram,
     )
-    return [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
+    captions = [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
+    if decoding.consensus_weight:
+        captions = [per_image[:num_captions] for per_image in reranker.rerank(features, captions, decoding.consensus_weight)]
+    return captions
 
 
 class Captioner:
-    def __init__(self, encoder: Encoder, decoder: Decoder, vocab: Vocab, manifest: dict):
+    def __init__(self, encoder: Encoder, decoder: Decoder, vocab: Vocab, manifest: dict,
+                 reranker: ConsensusReranker | None = None):
         if manifest.get("encoder", {}).get("fingerprint") != encoder.fingerprint:
             raise WeightsError(
                 f"these weights were trained on features of encoder {manifest.get('encoder', {}).get('fingerprint')!r}, "
@@ -59,6 +68,7 @@ class Captioner:
         self.encoder = encoder
         self.decoder = decoder
         self.vocab = vocab
+        self.reranker = reranker
         self.manifest = manifest
         self.model_id = manifest["model_id"]
         self.decoding = Decoding(**manifest.get("decoding", {}))  # the serving defaults
@@ -74,18 +84,19 @@ class Captioner:
         it did when the training features were cached, through `runtime` (model.encoder.use_runtime)."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
+        reranker = load_reranker(directory, manifest)
         encoder = manifest.get("encoder", {})
         if not encoder.get("name") or not encoder.get("pooling"):
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
         decoder = decoder.to(device).for_inference(resolve_precision(precision, device))
-        return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest)
+        return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest, reranker)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]
 
     def describe(self, features: torch.Tensor, decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
         """decoding: the weights' own (self.decoding) unless given."""
-        return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions)
+        return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions, self.reranker)
 
     def caption(self, images: list[Image.Image], decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
         return self.describe(self.encode(images), decoding, num_captions)

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-penalty", type=float, help="rank beams by log p / length^this (default: the weights')")
     parser.add_argument("--block-ngram", type=int, help="forbid repeating an n-gram of this size, 0 allows (default: the weights')")
     parser.add_argument("--max-length", type=int, help="most words in a caption (default: the weights')")
+    parser.add_argument("--consensus-weight", type=float,
+                        help="rerank the finished beams by log p + this * consensus agreement, 0: off (default: the weights'; "
+                             "above 0 needs a reranker in the weights, model.fit_reranker)")
     parser.add_argument("--set-defaults", action="store_true",
                         help="record this decoding as the weights' serving default, and these scores in their manifest")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
@@ -58,6 +61,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from model.captioner import Captioner, describe
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.encoder import Encoder
 from model.features import extract_features, report_skipped
 from model.options import Decoding
 from model.vocab import tokenize
@@ -79,20 +83,20 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     return {name: None if scores[name] is None else float(scores[name]) for name in METRICS}
 
 
-def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, batch_size: int = 256) -> list[str]:
+def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, reranker=None, batch_size: int = 256) -> list[str]:
     """Best caption for each row of features [N, D], decoded in batches of images."""
     captions = []
     for chunk in features.split(batch_size):
-        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding)]
+        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding, reranker=reranker)]
     return captions
 
 
 def readable_features(
-    captioner: Captioner, items: list[ImageCaptions], cache_dir: Path
+    encoder: Encoder, items: list[ImageCaptions], cache_dir: Path
 ) -> tuple[list[ImageCaptions], torch.Tensor, int]:
     """The items whose photos could be read, in order, their features [N, D], and how many were skipped
     (named on stderr)."""
-    table = extract_features(captioner.encoder, [item.image_path for item in items], cache_dir)
+    table = extract_features(encoder, [item.image_path for item in items], cache_dir)
     report_skipped(table)
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
@@ -103,8 +107,8 @@ def evaluate_split(
     captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, cache_dir: Path, meteor: bool = True
 ) -> tuple[dict, dict[str, str]]:
     """Scores of the captioner on `items`, and its caption for each image file name."""
-    items, features, skipped = readable_features(captioner, items, cache_dir)
-    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding)
+    items, features, skipped = readable_features(captioner.encoder, items, cache_dir)
+    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding, captioner.reranker)
     predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
     references = {item.image_path.name: list(item.captions) for item in items}
     scores = score_captions(predictions, references, meteor)
@@ -140,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("java"):
         print("java not found: METEOR is skipped, the other metrics are computed", file=sys.stderr)
 
+    if args.consensus_weight is not None and args.consensus_weight < 0:
+        parser.error("--consensus-weight must be 0 or more")
+    if args.consensus_weight and captioner.reranker is None:
+        parser.exit(2, f"error: {args.weights} has no consensus reranker: fit one with python -m model.fit_reranker\n")
     decoding = captioner.decoding.but(beam_size=args.beam_size, length_penalty=args.length_penalty,
-                                      block_ngram=args.block_ngram, max_length=args.max_length)
+                                      block_ngram=args.block_ngram, max_length=args.max_length,
+                                      consensus_weight=args.consensus_weight)
     scores, predictions = evaluate_split(captioner, items, decoding, args.cache_dir)
     scores |= synthetic_scores(Path(args.data), predictions)
     shown = ", ".join(f"{name} {value}" for name, value in decoding.to_dict().items())

@@ -20,6 +20,7 @@ class Decoding:
     length_penalty: float = 0.0  # rank finished beams by log p / length ** length_penalty
     block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
     max_length: int = 20  # words
+    consensus_weight: float = 0.0  # rerank the finished beams by log p + this * agreement (model.consensus); 0: off
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from model.consensus import RERANKER_FILE, ConsensusReranker
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import sha256_file
 from model.files import atomic_write
@@ -33,6 +34,7 @@ def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest
     atomic_write(directory / DECODER_FILE, lambda tmp: save_file(state, tmp))
     atomic_write(directory / VOCAB_FILE, vocab.save)
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n"))
+    (directory / RERANKER_FILE).unlink(missing_ok=True)  # the new manifest does not list it: fit it again (model.fit_reranker)
     files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
     full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
     write_manifest(directory, full)
@@ -59,8 +61,13 @@ def verify(directory: str | Path) -> dict:
     directory = Path(directory)
     manifest = read_manifest(directory)
     expected = manifest.get("files")
-    if not isinstance(expected, dict) or set(expected) != {DECODER_FILE, VOCAB_FILE, CONFIG_FILE}:
-        raise WeightsError(f"{directory / MANIFEST_FILE} does not list the sha256 of {DECODER_FILE}, {VOCAB_FILE}, {CONFIG_FILE}")
+    required = {DECODER_FILE, VOCAB_FILE, CONFIG_FILE}
+    if not isinstance(expected, dict) or not required <= set(expected) <= required | {RERANKER_FILE}:
+        raise WeightsError(f"{directory / MANIFEST_FILE} does not list the sha256 of {DECODER_FILE}, {VOCAB_FILE}, {CONFIG_FILE} "
+                           f"(and of {RERANKER_FILE}, if there is one) and nothing else")
+    if manifest.get("decoding", {}).get("consensus_weight") and RERANKER_FILE not in expected:
+        raise WeightsError(f"{directory / MANIFEST_FILE}: its decoding reranks by consensus, but it lists no {RERANKER_FILE} "
+                           "(fit one with python -m model.fit_reranker)")
     for name, sha256 in expected.items():
         path = directory / name
         if not path.is_file():
@@ -87,6 +94,23 @@ def load_weights(directory: str | Path) -> tuple[Decoder, Vocab, dict]:
     decoder = Decoder(config)
     decoder.load_state_dict(load_file(directory / DECODER_FILE))
     return decoder.eval(), Vocab.load(directory / VOCAB_FILE), manifest
+
+
+def add_reranker(directory: str | Path, reranker: ConsensusReranker, details: dict) -> dict:
+    """Save the reranker into a verified weights folder and list it in the manifest, with `details`
+    ("consensus"); returns the manifest. The serving decoding is left as it is."""
+    manifest = verify(directory)
+    path = Path(directory) / RERANKER_FILE
+    reranker.save(path)
+    manifest["files"][RERANKER_FILE] = sha256_file(path)
+    manifest["consensus"] = details
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def load_reranker(directory: str | Path, manifest: dict) -> ConsensusReranker | None:
+    """The consensus reranker of a verified weights folder, None if it has none."""
+    return ConsensusReranker.load(Path(directory) / RERANKER_FILE) if RERANKER_FILE in manifest["files"] else None
 
 
 if __name__ == "__main__":  # python -m model.weights DIR: the check the container build runs on its weights

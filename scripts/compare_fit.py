@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         for fit in FITS if shape else [served.preprocessing.fit]:
             encoder = Encoder(served.name, served.trunk, served.feature_dim, replace(served.preprocessing, fit=fit),
                               served.weights_sha256, served.pooling)
-            captions = caption_items(captioner.decoder, captioner.vocab, features_of(encoder, photos, shape), captioner.decoding)
+            captions = caption_items(captioner.decoder, captioner.vocab, features_of(encoder, photos, shape), captioner.decoding,
+                                     captioner.reranker)
             scores = score_captions({str(p): c for p, c in zip(photos, captions)}, references)
             meteor = f"{scores['METEOR']:8.4f}" if scores["METEOR"] is not None else f"{'-':>8}"
             print(f"{shape_name:<28}{fit:<9}{scores['BLEU-4']:8.4f}{meteor}{scores['CIDEr']:8.4f}", flush=True)

@@ -60,7 +60,7 @@ def ensemble_captions(captioners: list[Captioner], features: torch.Tensor) -> li
     for other in captioners[1:]:
         if other.vocab.words != first.vocab.words or other.manifest["encoder"]["fingerprint"] != first.manifest["encoder"]["fingerprint"]:
             raise SystemExit(f"error: {other.model_id} differs from {first.model_id} in vocabulary or image features")
-    return caption_items(Ensemble([c.decoder for c in captioners]), first.vocab, features, first.decoding)
+    return caption_items(Ensemble([c.decoder for c in captioners]), first.vocab, features, first.decoding, first.reranker)
 
 
 def neighbour_captions(captioner: Captioner, features: torch.Tensor, train: list[ImageCaptions],
@@ -69,7 +69,7 @@ def neighbour_captions(captioner: Captioner, features: torch.Tensor, train: list
     cider = CiderD(references)
     similarity = F.normalize(features.float(), dim=1) @ F.normalize(train_features.float(), dim=1).T  # [N, N_train]
     nearest = similarity.topk(neighbours, dim=1).indices.tolist()  # [N, K]
-    decoding = captioner.decoding.but(beam_size=candidates)
+    decoding = captioner.decoding.but(beam_size=candidates, consensus_weight=0.0)  # the beams as beam search ranks them
     chosen = []
     for start in range(0, features.size(0), 256):
         beams = describe(captioner.decoder, captioner.vocab, features[start : start + 256], decoding, num_captions=candidates)
@@ -98,16 +98,16 @@ def main() -> None:
     except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         p.exit(2, f"error: {error}\n")
     first = captioners[0]
-    items, features, _ = readable_features(first, dataset.split("val"), args.cache_dir)
+    items, features, _ = readable_features(first.encoder, dataset.split("val"), args.cache_dir)
     references = {str(item.image_path): list(item.captions) for item in items}
 
     def show(title: str, captions: list[str]) -> None:
         print(f"\n{title}")
         print_table(score_captions({str(item.image_path): text for item, text in zip(items, captions)}, references))
 
-    show(f"{first.model_id} alone", caption_items(first.decoder, first.vocab, features, first.decoding))
+    show(f"{first.model_id} alone", caption_items(first.decoder, first.vocab, features, first.decoding, first.reranker))
     if args.neighbours:
-        train, train_features, _ = readable_features(first, dataset.split("train"), args.cache_dir)
+        train, train_features, _ = readable_features(first.encoder, dataset.split("train"), args.cache_dir)
         if args.neighbours > len(train):
             p.error(f"--neighbours {args.neighbours}: the data set has {len(train)} readable training photos")
         show(f"its {args.candidates} best beams reranked by the captions of the {args.neighbours} nearest training photos",

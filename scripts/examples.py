@@ -3,7 +3,9 @@ first validation photos of a data set beside the first of their human captions.
 
     python scripts/examples.py [--weights weights] [--data ../shared/data/flickr8k] [--val 5]
 
-Prints markdown table rows, with the weights' own decoding (their serving default).
+Prints markdown table rows, with the weights' own decoding (their serving default); the example
+photos' rows also give the confidence the service reports ("-" for uncalibrated weights), marked
+"(low)" under the threshold.
 """
 from __future__ import annotations
 
@@ -22,10 +24,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 MAX_PIXELS = Settings().max_pixels  # the service's limit, read as the service reads it
 
 
-def caption(captioner: Captioner, path: Path) -> str:
-    """The top caption, from the photo decoded exactly as the service decodes an upload."""
-    [[(text, _)]] = captioner.caption([decode_image(path.read_bytes(), MAX_PIXELS)])
-    return text
+def caption(captioner: Captioner, path: Path) -> tuple[str, float]:
+    """The top caption and its log p, from the photo decoded exactly as the service decodes an upload."""
+    [[(text, log_prob)]] = captioner.caption([decode_image(path.read_bytes(), MAX_PIXELS)])
+    return text, log_prob
+
+
+def confidence(captioner: Captioner, text: str, log_prob: float) -> str:
+    if captioner.calibration is None:
+        return "-"
+    value = captioner.calibration.confidence(log_prob, text)
+    return f"{value:.2f}" + (" (low)" if value < captioner.calibration.threshold else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     print(f"decoding: {captioner.decoding.to_dict()}\n")
     for path in sorted(EXAMPLES.glob("*.jpg")):
-        print(f"| ![{path.stem}](docs/examples/{path.name}) | {caption(captioner, path)} |")
+        text, log_prob = caption(captioner, path)
+        print(f"| ![{path.stem}](docs/examples/{path.name}) | {text} | {confidence(captioner, text, log_prob)} |")
     if val:
         print()
         for item in val:
-            print(f"| `{item.image_path.name}` | {caption(captioner, item.image_path)} | {item.captions[0]} |")
+            print(f"| `{item.image_path.name}` | {caption(captioner, item.image_path)[0]} | {item.captions[0]} |")
     return 0
 
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("module, default", [("model.train", "(default: 20)"), ("model.evaluate", "(default: val)"),
-                                             ("model.synthetic", "(default: 0.15)")])
+                                             ("model.synthetic", "(default: 0.15)"), ("model.fit_reranker", "(default: weights)")])
 def test_help_names_the_command_shows_defaults_and_loads_no_torch(module, default):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
@@ -32,7 +32,8 @@ def test_a_mistyped_flag_is_refused_before_torch_loads():
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"  # any readable data set would do; missing, the data comes second
 
 
-@pytest.mark.parametrize("command", [["scripts/examples.py"], ["scripts/compare_fit.py"], ["-m", "model.calibrate"]])
+@pytest.mark.parametrize("command", [["scripts/examples.py"], ["scripts/compare_fit.py"], ["-m", "model.calibrate"],
+                                     ["-m", "model.fit_reranker"]])
 @pytest.mark.parametrize("weights, data, message", [
     ("nowhere", None, "nowhere/manifest.json is missing"),
     ("weights", "no-such-folder", "no-such-folder: no such file or folder"),

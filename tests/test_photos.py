@@ -93,20 +93,39 @@ def test_evaluate_names_the_missing_test_split(trained, photos):
 def test_evaluate_scores_val_and_sets_the_serving_decoding(trained, photos, tmp_path):
     out, _ = trained
     weights = tmp_path / "weights"
-    weights.mkdir()
-    for file in (out / "best").iterdir():
-        (weights / file.name).write_bytes(file.read_bytes())
+    shutil.copytree(out / "best", weights)
     result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val",
                  "--cache-dir", str(photos.parent / "cache"), "--beam-size", "2", "--block-ngram", "2", "--set-defaults")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "beam_size 2" in result.stdout and "CIDEr" in result.stdout
     manifest = json.loads((weights / "manifest.json").read_text())
-    assert manifest["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "block_ngram": 2, "max_length": 20}
+    assert manifest["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "block_ngram": 2, "max_length": 20,
+                                    "consensus_weight": 0.0}
     assert manifest["scores"]["val"]["block_ngram"] == 2
     again = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val",
                 "--cache-dir", str(photos.parent / "cache"))  # no flags: the weights' decoding
     assert "beam_size 2, length_penalty 0.0, block_ngram 2" in again.stdout
     assert f"{manifest['scores']['val']['CIDEr']:.4f}" in again.stdout
+
+
+def test_a_reranker_fitted_on_the_training_photos_is_scored_and_served(trained, photos, tmp_path):
+    out, _ = trained
+    weights = tmp_path / "weights"
+    shutil.copytree(out / "best", weights)
+    cache = str(photos.parent / "cache")
+    refused = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
+                  "--consensus-weight", "100")
+    assert refused.returncode == 2 and "has no consensus reranker: fit one with python -m model.fit_reranker" in refused.stderr
+    fitted = run("-m", "model.fit_reranker", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache)
+    assert fitted.returncode == 0, fitted.stderr[-3000:]
+    assert f"fitted on {TRAIN} photos" in fitted.stdout and "skipped 2 unreadable images" in fitted.stderr
+    result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
+                 "--beam-size", "4", "--consensus-weight", "100", "--set-defaults")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["decoding"]["consensus_weight"] == 100.0 and manifest["consensus"]["fitted_on"] == f"{TRAIN} Flickr8k training photos"
+    captioner = Captioner.load(weights, "cpu")
+    assert captioner.reranker is not None and len(captioner.reranker.grams) > 10
 
 
 def test_self_critical_fine_tuning_runs_on_photos(trained, photos):
@@ -151,6 +170,7 @@ def test_examples_captions_every_example_photo_and_the_first_val_photos(trained,
     val = [row[0].strip("| `") for row in rows[len(examples):]]
     assert len(val) == 3 and set(val) <= set((photos / "Flickr_8k.devImages.txt").read_text().split())
     assert all(row[1].strip() for row in rows)  # every photo got a caption
+    assert all(row[2] == "- |" for row in rows[: len(examples)])  # these weights are not calibrated: no confidence
 
 
 def test_calibration_fits_on_half_the_val_photos_and_is_saved(trained, photos, tmp_path):

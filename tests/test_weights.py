@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 from model.captioner import Captioner
+from model.consensus import MIN_PHOTOS, ConsensusReranker
 from model.options import Decoding
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
 from model.vocab import Vocab
-from model.weights import WeightsError, load_weights, save_weights, verify
+from model.weights import WeightsError, add_reranker, load_weights, save_weights, verify, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,3 +100,54 @@ def test_the_decoder_runs_in_the_precision_asked_for(weights_dir, precision, dty
     assert captioner.decoder.w_hidden.weight.dtype == dtype
     [[(text, log_prob)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], Decoding(beam_size=2, max_length=6))
     assert text and log_prob < 0
+
+
+@pytest.fixture(scope="module")
+def reranked_dir(weights_dir, tmp_path_factory):
+    """weights_dir with a consensus reranker fitted on random features, serving with it."""
+    directory = tmp_path_factory.mktemp("reranked")
+    for f in weights_dir.iterdir():
+        (directory / f.name).write_bytes(f.read_bytes())
+    features = torch.randn(2 * MIN_PHOTOS, build_encoder().feature_dim, generator=torch.Generator().manual_seed(0))
+    references = [[["a", "red", "circle"], ["a", "blue", "square"]]] * (2 * MIN_PHOTOS)
+    add_reranker(directory, ConsensusReranker.fit(features, references), {"fitted_on": "random features"})
+    manifest = verify(directory)
+    manifest["decoding"] = Decoding(beam_size=3, max_length=6, consensus_weight=100.0).to_dict()
+    write_manifest(directory, manifest)
+    return directory
+
+
+def test_weights_with_a_reranker_caption_through_it(reranked_dir):
+    captioner = Captioner.load(reranked_dir, "cpu")
+    assert captioner.reranker is not None and captioner.decoding.consensus_weight == 100.0
+    [captions] = captioner.caption([Image.new("RGB", (64, 48), "red")], num_captions=3)
+    assert len({text for text, _ in captions}) == 3
+    data = bytearray((reranked_dir / "reranker.safetensors").read_bytes())
+    copy = reranked_dir.parent / "changed-reranker"
+    copy.mkdir()
+    for f in reranked_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data[-10] ^= 0x01
+    (copy / "reranker.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="reranker.safetensors does not match its manifest"):
+        verify(copy)
+
+
+def test_a_decoding_that_reranks_needs_its_reranker(reranked_dir, tmp_path):
+    for f in reranked_dir.iterdir():
+        if f.name != "reranker.safetensors":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["files"]["reranker.safetensors"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="reranks by consensus, but it lists no reranker.safetensors"):
+        verify(tmp_path)
+
+
+def test_new_weights_drop_the_reranker_of_the_old(reranked_dir, tmp_path):
+    for f in reranked_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    decoder, vocab, manifest = load_weights(tmp_path)
+    save_weights(tmp_path, decoder, vocab, {"encoder": manifest["encoder"]})
+    assert not (tmp_path / "reranker.safetensors").exists()
+    assert set(verify(tmp_path)["files"]) == {"decoder.safetensors", "vocab.json", "config.json"}

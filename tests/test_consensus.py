@@ -1,0 +1,79 @@
+"""The consensus reranker (model.consensus) on photos of three kinds, each with captions of its own."""
+import pytest
+import torch
+
+from model.captioner import describe
+from model.consensus import MIN_PHOTOS, ConsensusReranker
+from model.decoder import Decoder, DecoderConfig
+from model.options import Decoding
+from model.vocab import Vocab, tokenize
+
+KINDS = {
+    "dog": ["a brown dog runs on the grass", "a dog is running on green grass", "the dog runs across a field"],
+    "bike": ["a man rides a bike down the road", "a man riding a bike", "a cyclist rides down a road"],
+    "water": ["two children play in the water", "children splash in the water", "kids playing in a pool of water"],
+}
+PHOTOS_PER_KIND = 5 * MIN_PHOTOS
+
+
+def kind_features(kind: int, photos: int, seed: int) -> torch.Tensor:
+    """[photos, 16]: a direction per kind, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    return 4.0 * torch.eye(16)[kind] + 0.5 * torch.randn(photos, 16, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def reranker() -> ConsensusReranker:
+    features = torch.cat([kind_features(k, PHOTOS_PER_KIND, seed=k) for k in range(len(KINDS))])
+    references = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(PHOTOS_PER_KIND)]
+    return ConsensusReranker.fit(features, references)
+
+
+def test_only_phrases_of_many_photos_enter_its_vocabulary(reranker):
+    assert ("dog",) in reranker.index and ("rides", "a", "bike") in reranker.index
+    assert all(len(gram) <= 4 for gram in reranker.grams)
+    assert ("a", "brown", "dog", "runs", "on") not in reranker.index
+
+
+def test_a_new_photo_agrees_most_with_the_captions_of_its_kind(reranker):
+    candidates = [tokenize("a dog runs on the grass"), tokenize("a man rides a bike"), tokenize("children play in the water")]
+    for kind in range(len(KINDS)):
+        agreement = reranker.agreement(kind_features(kind, 4, seed=100 + kind), [candidates] * 4)
+        for scores in agreement:
+            assert max(range(3), key=scores.__getitem__) == kind
+            assert scores[kind] > 0.6
+
+
+def test_rerank_weighs_agreement_against_log_probability(reranker):
+    dog = kind_features(0, 1, seed=7)
+    candidates = [[("a man rides a bike", -2.0), ("a dog runs on the grass", -3.0), ("zebra", -9.0)]]
+    assert reranker.rerank(dog, candidates, 0.0) == candidates
+    assert reranker.rerank(dog, candidates, 100.0)[0][0] == ("a dog runs on the grass", -3.0)  # log p kept as it was
+    assert sorted(reranker.rerank(dog, candidates, 100.0)[0]) == sorted(candidates[0])
+
+
+def test_words_it_never_saw_agree_with_nothing(reranker):
+    assert reranker.agreement(kind_features(0, 1, seed=8), [[["zebra", "xylophone"], ["the"]]])[0][0] == 0.0
+
+
+def test_saved_and_loaded_it_chooses_the_same(reranker, tmp_path):
+    reranker.save(tmp_path / "reranker.safetensors")
+    loaded = ConsensusReranker.load(tmp_path / "reranker.safetensors")
+    assert loaded.grams == reranker.grams and loaded.mean_length == reranker.mean_length
+    features = torch.cat([kind_features(k, 3, seed=50 + k) for k in range(len(KINDS))])
+    candidates = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(3)]
+    for before, after in zip(reranker.agreement(features, candidates), loaded.agreement(features, candidates)):
+        assert after == pytest.approx(before, abs=1e-3)  # the read-out is kept in fp16
+
+
+def test_describe_reranks_every_finished_beam_only_when_asked(reranker):
+    torch.manual_seed(0)
+    vocab = Vocab.build([c for captions in KINDS.values() for c in captions], min_count=1)
+    decoder = Decoder(DecoderConfig(len(vocab), 16, 8, 16, 0.0)).eval()
+    features = kind_features(0, 2, seed=9)
+    plain = describe(decoder, vocab, features, Decoding(beam_size=4, max_length=6), num_captions=4)
+    expected = [beams[:2] for beams in reranker.rerank(features, plain, 1e6)]
+    assert expected != [beams[:2] for beams in plain]  # else this test could not tell reranking from none
+    assert describe(decoder, vocab, features, Decoding(beam_size=4, max_length=6, consensus_weight=1e6), 2, reranker) == expected
+    with pytest.raises(ValueError, match="no reranker"):
+        describe(decoder, vocab, features, Decoding(consensus_weight=1.0))
