@@ -144,6 +144,7 @@ async def model_info(captioner: Annotated[Captioner, Depends(get_captioner)]) ->
         files_sha256=manifest["files"],
         note=manifest.get("note"),
         confidence=manifest.get("confidence"),
+        consensus=manifest.get("consensus"),
     )
 
 

@@ -33,6 +33,8 @@ class ModelInfo(BaseModel):
     files_sha256: dict[str, str]
     note: str | None = Field(None, description="what the model was trained on, what it is good and bad at")
     confidence: dict | None = Field(None, description="how caption confidence was calibrated, and how well it held on unseen photos")
+    consensus: dict | None = Field(None, description="the reranker that chooses among the beams (decoding.consensus_weight): "
+                                                     "what it was fitted on; null for weights without one")
 
 
 class FieldError(BaseModel):

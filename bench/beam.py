@@ -25,7 +25,7 @@ from bench.common import ROOT, load_photos, parser, positive, print_table, repea
 from model.captioner import describe
 from model.encoder import build_encoder
 from model.options import Decoding
-from model.weights import load_weights
+from model.weights import load_reranker, load_weights
 
 
 def median_us(call, repeats: int) -> float:
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=positive, default=2000, help="timed calls of each part (default 2000)")
     args = p.parse_args(argv)
     trained, vocab, manifest = load_weights(args.weights)
+    reranker = load_reranker(args.weights, manifest)  # a caption costs what it costs in the service: reranking included
     decoding = Decoding(**manifest.get("decoding", {})).but(beam_size=args.beam_size)
     beams = decoding.beam_size
     encoder = build_encoder(manifest["encoder"]["name"], pooling=manifest["encoder"]["pooling"], runtime="eager")
@@ -66,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in (decoder.w_hidden, decoder.out))
         caption_ms = statistics.median(
-            seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding), 10)
+            seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding, reranker=reranker), 10)
         ) * 1e3
-        words = statistics.mean(len(best[0][0].split()) for best in describe(decoder, vocab, all_features, decoding))
+        words = statistics.mean(len(best[0][0].split()) for best in describe(decoder, vocab, all_features, decoding, reranker=reranker))
         results["parts_us"][name] = {**parts, "weight_bytes_per_step": weight_bytes, "caption_ms": caption_ms,
                                      "words_per_caption": words}
         rows.append([name, parts["step"], parts["W_h h"], parts["output layer"],

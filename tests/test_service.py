@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from app.images import decode_image
+from app.settings import Settings
+from model.captioner import Captioner
 from tests.conftest import WEIGHTS, encoded, running_server, scene
 
 
@@ -53,8 +55,18 @@ def test_jpeg_and_png_get_captions(server, fmt, content_type):
     texts = [c["text"] for c in body["captions"]]
     log_probs = [c["log_prob"] for c in body["captions"]]
     assert len(texts) == 3 == len(set(texts)) and all(texts)
-    assert log_probs == sorted(log_probs, reverse=True) and all(lp < 0 for lp in log_probs)
+    assert all(lp < 0 for lp in log_probs)
     assert body["elapsed_ms"] > 0
+
+
+def test_captions_come_best_first_as_the_served_decoding_ranks_them(server):
+    """The shipped decoding reranks the beams by consensus: the order is the captioner's, not log p's."""
+    image = encoded(scene(), "PNG")
+    body = post(server, image, num_captions=3).json()
+    captioner = Captioner.load(WEIGHTS)
+    assert captioner.decoding.consensus_weight > 0
+    [expected] = captioner.caption([decode_image(image, Settings().max_pixels)], num_captions=3)
+    assert [(c["text"], round(c["log_prob"], 2)) for c in body["captions"]] == [(t, round(lp, 2)) for t, lp in expected]
 
 
 def test_every_caption_has_a_calibrated_confidence(server):
@@ -240,11 +252,12 @@ def test_model_info(server):
     info = httpx.get(f"{server}/v1/model").json()
     assert info["encoder"]["name"] == "efficientnet-lite0"
     assert info["vocab_size"] > 4
-    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json"}
+    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json", "reranker.safetensors"}
     # The shipped weights: trained on Flickr8k's train split, scored on its validation split.
     assert info["data"]["name"] == "Flickr8k" and info["data"]["splits"]["train"]["images"] == 6000
     assert info["scores"]["val"]["CIDEr"] > 0.4 and "test" not in info["scores"]
     assert info["decoding"]["beam_size"] >= 1
+    assert info["decoding"]["consensus_weight"] > 0 and info["consensus"]["fitted_on"] == "6000 Flickr8k training photos"
 
 
 def test_health_metrics_docs_and_page(server):
