@@ -48,6 +48,7 @@ class Job:
 @dataclass
 class Result:
     captions: list[tuple[str, float]]
+    confidences: list[float] | None  # one per caption; None for uncalibrated weights
     batch_size: int
 
 
@@ -131,11 +132,11 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
-            for job, captions in zip(batch, results):
+            for job, (captions, confidences) in zip(batch, results):
                 if not job.future.done():
-                    job.future.set_result(Result(captions, len(batch)))
+                    job.future.set_result(Result(captions, confidences, len(batch)))
 
-    def _infer(self, batch: list[Job]) -> list[list[tuple[str, float]]]:
+    def _infer(self, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
         self.metrics.batch_size.observe(len(batch))
         started = time.perf_counter()
         features = self.captioner.encode([job.image for job in batch])  # [B, D]
@@ -145,7 +146,8 @@ class Batcher:
         for params in {job.params for job in batch}:
             rows = [i for i, job in enumerate(batch) if job.params == params]
             captions = self.captioner.describe(features[rows], params.decoding, params.num_captions)
-            for row, per_image in zip(rows, captions):
-                results[row] = per_image
+            confidences = self.captioner.confidences(features[rows], captions) or [None] * len(rows)
+            for row, per_image, confidence in zip(rows, captions, confidences):
+                results[row] = (per_image, confidence)
         self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
         return results

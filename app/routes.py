@@ -99,13 +99,15 @@ async def create_captions(
     except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
         raise HTTPException(504, f"no caption within {settings.request_timeout_s} s") from None
     request.state.batch_size = result.batch_size
-    return caption_response(captioner, result.captions, elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
+    return caption_response(captioner, result.captions, result.confidences,
+                            elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def caption_response(captioner: Captioner, captions: list[tuple[str, float]], elapsed_ms: float) -> CaptionResponse:
+def caption_response(captioner: Captioner, captions: list[tuple[str, float]], confidences: list[float] | None,
+                     elapsed_ms: float) -> CaptionResponse:
     """The answer to a caption request: each caption with its confidence, when the weights are calibrated."""
     calibration = captioner.calibration
-    confidences = [calibration.confidence(log_prob, text) if calibration else None for text, log_prob in captions]
+    confidences = confidences or [None] * len(captions)
     return CaptionResponse(
         captions=[Caption(text=text, log_prob=log_prob, confidence=confidence)
                   for (text, log_prob), confidence in zip(captions, confidences)],

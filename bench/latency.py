@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     image = decode_image(jpeg, MAX_PIXELS)
     features = captioner.encode([image])
     decoding = captioner.decoding.but(beam_size=args.beam_size)
-    captions = captioner.describe(features, decoding)[0]
+    captions = captioner.describe(features, decoding)
+    confidences = (captioner.confidences(features, captions) or [None])[0]
 
     def serialise() -> str:  # what the route builds, and the JSON it becomes
-        return caption_response(captioner, captions, elapsed_ms=1.0).model_dump_json()
+        return caption_response(captioner, captions[0], confidences, elapsed_ms=1.0).model_dump_json()
 
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),

@@ -23,7 +23,7 @@ from PIL import Image
 from model.captioner import Captioner, resolve_device
 from model.decoder import DecoderConfig
 from model.encoder import Encoder, build_encoder
-from model.weights import load_weights
+from model.weights import load_reranker, load_weights
 
 
 def naive_encoder(encoder: Encoder) -> Encoder:
@@ -40,7 +40,7 @@ def naive_captioner(weights: Path, device: str = "auto") -> Captioner:
     device = resolve_device(device)
     decoder, vocab, manifest = load_weights(weights)
     encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device, runtime="eager"))
-    return Captioner(encoder, decoder.to(device), vocab, manifest)
+    return Captioner(encoder, decoder.to(device), vocab, manifest, load_reranker(weights, manifest))
 
 
 @torch.inference_mode()

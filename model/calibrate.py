@@ -75,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
 
     val = sorted(val, key=lambda item: item.image_path.name)
     items, features, _ = readable_features(captioner.encoder, val, args.cache_dir)
-    captions = [best[0] for best in captioner.describe(features)]
+    described = captioner.describe(features)
+    captions = [best[0] for best in described]
+    agreements = [best[0] for best in captioner.agreements(features, described)]  # None each without a reranker
     cider = CiderD([[tokenize(c) for c in item.captions] for item in train])
     acceptable = [cider.score(tokenize(text), [tokenize(c) for c in item.captions]) >= ACCEPTABLE_CIDER_D
                   for (text, _), item in zip(captions, items)]
     halves = [list(range(0, len(items), 2)), list(range(1, len(items), 2))]
-    fitted = fit([captions[i][1] for i in halves[0]], [captions[i][0] for i in halves[0]], [acceptable[i] for i in halves[0]])
+    fitted = fit([captions[i][1] for i in halves[0]], [captions[i][0] for i in halves[0]], [acceptable[i] for i in halves[0]],
+                 [agreements[i] for i in halves[0]] if captioner.reranker else None)
 
-    held_out = [fitted.confidence(captions[i][1], captions[i][0]) for i in halves[1]]
+    held_out = [fitted.confidence(captions[i][1], captions[i][0], agreements[i]) for i in halves[1]]
     truth = [acceptable[i] for i in halves[1]]
     ece, bins = reliability(held_out, truth)
     flagged = [c < fitted.threshold for c in held_out]
@@ -90,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     acceptable_flagged = sum(f and t for f, t in zip(flagged, truth)) / max(1, truth.count(True))
     unlike = {}
     for kind, images in unlike_photos().items():
-        said = captioner.caption(images)
-        confidences = [fitted.confidence(best[0][1], best[0][0]) for best in said]
+        unlike_features = captioner.encode(images)
+        said = captioner.describe(unlike_features)
+        confidences = [fitted.confidence(best[0][1], best[0][0], agreement[0])
+                       for best, agreement in zip(said, captioner.agreements(unlike_features, said))]
         unlike[kind] = {"images": len(images), "flagged": sum(c < fitted.threshold for c in confidences) / len(images),
                         "example": said[0][0][0]}
 

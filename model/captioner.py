@@ -12,7 +12,7 @@ from model.consensus import ConsensusReranker
 from model.decoder import Decoder
 from model.encoder import Encoder, build_encoder
 from model.options import Decoding
-from model.vocab import Vocab
+from model.vocab import Vocab, tokenize
 from model.weights import WeightsError, load_reranker, load_weights
 
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
@@ -73,6 +73,8 @@ class Captioner:
         self.model_id = manifest["model_id"]
         self.decoding = Decoding(**manifest.get("decoding", {}))  # the serving defaults
         self.calibration = Calibration.from_manifest(manifest)  # None: the weights were never calibrated
+        if self.calibration and self.calibration.uses_agreement and reranker is None:
+            raise WeightsError("the caption confidence was calibrated with a consensus reranker, and these weights have none")
         self.device = next(decoder.parameters()).device
 
     @classmethod
@@ -100,3 +102,18 @@ class Captioner:
 
     def caption(self, images: list[Image.Image], decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
         return self.describe(self.encode(images), decoding, num_captions)
+
+    def agreements(self, features: torch.Tensor, captions: Captions) -> list[list[float | None]]:
+        """Per image and caption, its agreement with the consensus predicted for the image
+        (model.consensus); None each for weights without a reranker."""
+        if self.reranker is None:
+            return [[None] * len(per_image) for per_image in captions]
+        return self.reranker.agreement(features, [[tokenize(text) for text, _ in per_image] for per_image in captions])
+
+    def confidences(self, features: torch.Tensor, captions: Captions) -> list[list[float]] | None:
+        """Per image and caption, the calibrated probability that the caption is acceptable
+        (model.confidence); None for weights never calibrated."""
+        if self.calibration is None:
+            return None
+        return [[self.calibration.confidence(log_prob, text, agreement) for (text, log_prob), agreement in zip(*pair)]
+                for pair in zip(captions, self.agreements(features, captions))]

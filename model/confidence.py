@@ -2,10 +2,12 @@
 
 What "acceptable" means here, measurable from references alone: the caption's CIDEr-D against the
 photo's human captions (model.cider, document frequencies from the training captions) reaches
-ACCEPTABLE_CIDER_D. Its predictor: the caption's mean log-probability per token (the words and
-<end>) and its number of words, through a logistic function (Platt scaling) fitted on captioned
-photos the decoder never trained on. The weights' manifest keeps the fit ("confidence"), and the
-service reports the probability with every caption.
+ACCEPTABLE_CIDER_D. Its predictors: the caption's mean log-probability per token (the words and
+<end>), its number of words and, for weights with a consensus reranker (model.consensus), the
+caption's agreement with the profile predicted from the photo, an estimate of that very CIDEr-D;
+through a logistic function (Platt scaling) fitted on captioned photos the decoder never trained
+on. The weights' manifest keeps the fit ("confidence"), and the service reports the probability
+with every caption.
 """
 from __future__ import annotations
 
@@ -18,20 +20,27 @@ ACCEPTABLE_CIDER_D = 0.5
 BINS = 10
 
 
-def predictors(log_prob: float, text: str) -> list[float]:
+def predictors(log_prob: float, text: str, agreement: float | None = None) -> list[float]:
     words = len(text.split())
-    return [log_prob / (words + 1), float(words)]  # +1: the <end> token, scored too
+    scored = [log_prob / (words + 1), float(words)]  # +1: the <end> token, scored too
+    return scored if agreement is None else [*scored, agreement]
 
 
 @dataclass(frozen=True)
 class Calibration:
-    weights: tuple[float, ...]  # one per predictor
+    weights: tuple[float, ...]  # one per predictor: three when fitted with the reranker's agreement
     bias: float
     threshold: float  # below it a caption is flagged low-confidence
     proxy: str = f"CIDEr-D >= {ACCEPTABLE_CIDER_D} against the photo's references"
 
-    def confidence(self, log_prob: float, text: str) -> float:
-        z = self.bias + sum(w * x for w, x in zip(self.weights, predictors(log_prob, text)))
+    @property
+    def uses_agreement(self) -> bool:
+        return len(self.weights) == 3
+
+    def confidence(self, log_prob: float, text: str, agreement: float | None = None) -> float:
+        if self.uses_agreement and agreement is None:
+            raise ValueError("this calibration was fitted with the reranker's agreement: give it")
+        z = self.bias + sum(w * x for w, x in zip(self.weights, predictors(log_prob, text, agreement if self.uses_agreement else None)))
         return 1 / (1 + math.exp(-z))
 
     def to_dict(self) -> dict:
@@ -46,10 +55,11 @@ class Calibration:
         return cls(tuple(fitted["weights"]), fitted["bias"], fitted["threshold"], fitted["proxy"])
 
 
-def fit(log_probs: list[float], texts: list[str], acceptable: list[bool]) -> Calibration:
+def fit(log_probs: list[float], texts: list[str], acceptable: list[bool], agreements: list[float] | None = None) -> Calibration:
     """Logistic regression by L-BFGS on standardised predictors, then the threshold that best tells
     acceptable captions from the rest on the same data (Youden's J)."""
-    x = torch.tensor([predictors(lp, t) for lp, t in zip(log_probs, texts)], dtype=torch.float64)  # [N, P]
+    agreements = agreements or [None] * len(texts)
+    x = torch.tensor([predictors(lp, t, a) for lp, t, a in zip(log_probs, texts, agreements)], dtype=torch.float64)  # [N, P]
     y = torch.tensor(acceptable, dtype=torch.float64)  # [N]
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)

@@ -24,17 +24,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 MAX_PIXELS = Settings().max_pixels  # the service's limit, read as the service reads it
 
 
-def caption(captioner: Captioner, path: Path) -> tuple[str, float]:
-    """The top caption and its log p, from the photo decoded exactly as the service decodes an upload."""
-    [[(text, log_prob)]] = captioner.caption([decode_image(path.read_bytes(), MAX_PIXELS)])
-    return text, log_prob
-
-
-def confidence(captioner: Captioner, text: str, log_prob: float) -> str:
-    if captioner.calibration is None:
-        return "-"
-    value = captioner.calibration.confidence(log_prob, text)
-    return f"{value:.2f}" + (" (low)" if value < captioner.calibration.threshold else "")
+def caption(captioner: Captioner, path: Path) -> tuple[str, str]:
+    """The top caption and its confidence as shown, from the photo decoded exactly as the service decodes an upload."""
+    features = captioner.encode([decode_image(path.read_bytes(), MAX_PIXELS)])
+    described = captioner.describe(features)
+    [[(text, _)]] = described
+    confidences = captioner.confidences(features, described)
+    if confidences is None:
+        return text, "-"
+    [[value]] = confidences
+    return text, f"{value:.2f}" + (" (low)" if value < captioner.calibration.threshold else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     print(f"decoding: {captioner.decoding.to_dict()}\n")
     for path in sorted(EXAMPLES.glob("*.jpg")):
-        text, log_prob = caption(captioner, path)
-        print(f"| ![{path.stem}](docs/examples/{path.name}) | {text} | {confidence(captioner, text, log_prob)} |")
+        text, confidence = caption(captioner, path)
+        print(f"| ![{path.stem}](docs/examples/{path.name}) | {text} | {confidence} |")
     if val:
         print()
         for item in val:

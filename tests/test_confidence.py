@@ -2,6 +2,8 @@
 import math
 import random
 
+import pytest
+
 from model.confidence import Calibration, fit, predictors, reliability
 
 
@@ -44,3 +46,16 @@ def test_the_manifest_round_trip_and_uncalibrated_weights():
     again = Calibration.from_manifest({"confidence": {**calibration.to_dict(), "held_out": {}}})
     assert again == calibration and 0 <= again.confidence(-9.0, "a b c d e f g h") <= 1
     assert Calibration.from_manifest({}) is None
+
+
+def test_the_reranker_agreement_is_a_third_predictor_when_given():
+    rng = random.Random(1)
+    agreements = [rng.uniform(0.0, 1.0) for _ in range(4000)]
+    log_probs, texts = [-9.0] * len(agreements), ["a dog runs on the grass with joy"] * len(agreements)
+    acceptable = [rng.random() < a for a in agreements]  # only the agreement tells
+    with_agreement = fit(log_probs, texts, acceptable, agreements)
+    assert with_agreement.uses_agreement and not fit(log_probs, texts, acceptable).uses_agreement
+    assert predictors(-9.0, texts[0], 0.5) == [-1.0, 8.0, 0.5]
+    assert with_agreement.confidence(-9.0, texts[0], 0.9) > 0.75 > 0.25 > with_agreement.confidence(-9.0, texts[0], 0.1)
+    with pytest.raises(ValueError, match="agreement"):
+        with_agreement.confidence(-9.0, texts[0])

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from model.captioner import Captioner
+from model.confidence import Calibration
 from model.consensus import MIN_PHOTOS, ConsensusReranker
 from model.options import Decoding
 from model.decoder import Decoder, DecoderConfig
@@ -151,3 +152,21 @@ def test_new_weights_drop_the_reranker_of_the_old(reranked_dir, tmp_path):
     save_weights(tmp_path, decoder, vocab, {"encoder": manifest["encoder"]})
     assert not (tmp_path / "reranker.safetensors").exists()
     assert set(verify(tmp_path)["files"]) == {"decoder.safetensors", "vocab.json", "config.json"}
+
+
+def test_a_confidence_fitted_on_agreement_needs_the_reranker(reranked_dir, tmp_path):
+    for f in reranked_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    manifest = verify(tmp_path)
+    manifest["confidence"] = Calibration((1.0, -0.1, 8.0), 1.0, 0.4).to_dict()
+    write_manifest(tmp_path, manifest)
+    captioner = Captioner.load(tmp_path, "cpu")
+    features = captioner.encode([Image.new("RGB", (64, 48), "red")])
+    captions = captioner.describe(features, num_captions=2)
+    [confidences] = captioner.confidences(features, captions)
+    assert len(confidences) == 2 and all(0 < c < 1 for c in confidences)
+    del manifest["files"]["reranker.safetensors"]
+    manifest["decoding"]["consensus_weight"] = 0.0
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(WeightsError, match="calibrated with a consensus reranker"):
+        Captioner.load(tmp_path, "cpu")
