@@ -73,6 +73,9 @@ class Captioner:
         self.model_id = manifest["model_id"]
         self.decoding = Decoding(**manifest.get("decoding", {}))  # the serving defaults
         self.calibration = Calibration.from_manifest(manifest)  # None: the weights were never calibrated
+        if reranker is not None and reranker.feature_mean.numel() != encoder.feature_dim:
+            raise WeightsError(f"the consensus reranker reads {reranker.feature_mean.numel()}-d image vectors, "
+                               f"but the encoder gives {encoder.feature_dim}-d ones: fit it again (python -m model.fit_reranker)")
         if self.calibration and self.calibration.uses_agreement and reranker is None:
             raise WeightsError("the caption confidence was calibrated with a consensus reranker, and these weights have none")
         self.device = next(decoder.parameters()).device

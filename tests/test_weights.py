@@ -134,6 +134,15 @@ def test_weights_with_a_reranker_caption_through_it(reranked_dir):
         verify(copy)
 
 
+def test_a_reranker_for_other_image_vectors_is_refused(reranked_dir, tmp_path):
+    for f in reranked_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    other = ConsensusReranker.fit(torch.randn(2 * MIN_PHOTOS, 16), [[["a", "red", "circle"]]] * (2 * MIN_PHOTOS))
+    add_reranker(tmp_path, other, {"fitted_on": "16-d features"})
+    with pytest.raises(WeightsError, match="reads 16-d image vectors, but the encoder gives 1280-d ones"):
+        Captioner.load(tmp_path, "cpu")
+
+
 def test_a_decoding_that_reranks_needs_its_reranker(reranked_dir, tmp_path):
     for f in reranked_dir.iterdir():
         if f.name != "reranker.safetensors":
