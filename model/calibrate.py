@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                   for (text, _), item in zip(captions, items)]
     halves = [list(range(0, len(items), 2)), list(range(1, len(items), 2))]
     fitted = fit([captions[i][1] for i in halves[0]], [captions[i][0] for i in halves[0]], [acceptable[i] for i in halves[0]],
-                 [agreements[i] for i in halves[0]] if captioner.reranker else None)
+                 [agreements[i] for i in halves[0]])
 
     held_out = [fitted.confidence(captions[i][1], captions[i][0], agreements[i]) for i in halves[1]]
     truth = [acceptable[i] for i in halves[1]]

@@ -76,8 +76,6 @@ class Captioner:
         if reranker is not None and reranker.feature_mean.numel() != encoder.feature_dim:
             raise WeightsError(f"the consensus reranker reads {reranker.feature_mean.numel()}-d image vectors, "
                                f"but the encoder gives {encoder.feature_dim}-d ones: fit it again (python -m model.fit_reranker)")
-        if self.calibration and self.calibration.uses_agreement and reranker is None:
-            raise WeightsError("the caption confidence was calibrated with a consensus reranker, and these weights have none")
         self.device = next(decoder.parameters()).device
 
     @classmethod

@@ -55,9 +55,11 @@ class Calibration:
         return cls(tuple(fitted["weights"]), fitted["bias"], fitted["threshold"], fitted["proxy"])
 
 
-def fit(log_probs: list[float], texts: list[str], acceptable: list[bool], agreements: list[float] | None = None) -> Calibration:
+def fit(log_probs: list[float], texts: list[str], acceptable: list[bool],
+        agreements: list[float | None] | None = None) -> Calibration:
     """Logistic regression by L-BFGS on standardised predictors, then the threshold that best tells
-    acceptable captions from the rest on the same data (Youden's J)."""
+    acceptable captions from the rest on the same data (Youden's J). Agreements of None, or none
+    given: log p and length alone."""
     agreements = agreements or [None] * len(texts)
     x = torch.tensor([predictors(lp, t, a) for lp, t, a in zip(log_probs, texts, agreements)], dtype=torch.float64)  # [N, P]
     y = torch.tensor(acceptable, dtype=torch.float64)  # [N]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from model.confidence import Calibration
 from model.consensus import RERANKER_FILE, ConsensusReranker
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import sha256_file
@@ -68,6 +69,10 @@ def verify(directory: str | Path) -> dict:
     if manifest.get("decoding", {}).get("consensus_weight") and RERANKER_FILE not in expected:
         raise WeightsError(f"{directory / MANIFEST_FILE}: its decoding reranks by consensus, but it lists no {RERANKER_FILE} "
                            "(fit one with python -m model.fit_reranker)")
+    calibration = Calibration.from_manifest(manifest)
+    if calibration and calibration.uses_agreement and RERANKER_FILE not in expected:
+        raise WeightsError(f"{directory / MANIFEST_FILE}: the caption confidence was calibrated with a consensus reranker, "
+                           f"but it lists no {RERANKER_FILE}")
     for name, sha256 in expected.items():
         path = directory / name
         if not path.is_file():
