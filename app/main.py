@@ -45,7 +45,8 @@ async def load_model(app: FastAPI) -> None:
         exit_with(f"refusing to start: cannot load the model from {settings.weights_dir}: {error}")
     app.state.captioner = captioner
     app.state.batcher = batcher  # set last: its presence is what readyz reports (routes.require_ready)
-    logger.info("ready: %s on %s, CNN through %s", captioner.model_id, captioner.device, captioner.encoder.runtime)
+    logger.info("ready: %s on %s, CNN through %s, decoder matmuls in %s", captioner.model_id, captioner.device,
+                captioner.encoder.runtime, captioner.decoder.precision)
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from PIL import Image
 from model.beam import beam_search
 from model.confidence import Calibration
 from model.consensus import ConsensusReranker
-from model.decoder import Decoder
+from model.decoder import MATMUL_DTYPES, Decoder
 from model.encoder import Encoder, build_encoder
 from model.options import Decoding
 from model.vocab import Vocab, tokenize
@@ -25,12 +25,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """"auto" is bf16 where the hardware multiplies in it (AVX512-BF16 CPUs, Ampere and later GPUs):
-    elsewhere bf16 matmuls are emulated and slower than fp32."""
+    """"auto" is int8 on a CPU that PyTorch has an int8 matmul engine for (fbgemm on x86, qnnpack on
+    Arm), else bf16 where the hardware multiplies in it (Ampere and later GPUs, AVX512-BF16 CPUs):
+    elsewhere bf16 matmuls are emulated and slower than fp32. int8 runs on the CPU only."""
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"int8 decoder weights run on the CPU only, not on {device}: use bf16 or fp32")
     if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
-        precision = "bf16" if native else "fp32"
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+        if device.type == "cpu" and torch.backends.quantized.engine != "none":
+            precision = "int8"
+        else:
+            native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+            precision = "bf16" if native else "fp32"
+    return MATMUL_DTYPES[precision]
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from model import cli
-from model.options import RUNTIMES
+from model.options import PRECISIONS, RUNTIMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="the decoder's matmuls (auto: int8 on a CPU, else bf16 where the hardware has it, as the service runs it)")
     parser.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
                         help="what runs the CNN (auto: ONNX Runtime on the CPU, as the service runs it)")
     return parser
@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.set_defaults:
         manifest = verify(args.weights)
         manifest["decoding"] = decoding.to_dict()
-        manifest.setdefault("scores", {})[args.split] = {**scores, "split": args.split, **decoding.to_dict()}
+        manifest.setdefault("scores", {})[args.split] = {**scores, "split": args.split, **decoding.to_dict(),
+                                                         "decoder_precision": captioner.decoder.precision,
+                                                         "encoder_runtime": captioner.encoder.runtime}
         write_manifest(args.weights, manifest)
         print(f"{args.weights}: serving decoding and {args.split} scores recorded in {MANIFEST_FILE}")
     if args.json:

@@ -128,6 +128,30 @@ def test_bf16_inference_keeps_the_state_and_the_log_probs_in_fp32():
     assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in bf16
 
 
+def test_int8_inference_quantizes_the_matmuls_and_keeps_the_rest_in_fp32():
+    decoder = tiny_decoder()
+    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
+    expected, _ = stepwise_log_probs(decoder, features, tokens)
+    int8 = copy.deepcopy(decoder).for_inference(torch.qint8)
+    assert int8.precision == "int8" and decoder.precision == "fp32"
+    assert all(isinstance(layer, torch.ao.nn.quantized.dynamic.Linear) for layer in (int8.w_hidden, int8.w_image, int8.out))
+    assert int8.embed.weight.dtype == torch.float32  # a row lookup: nothing to gain from int8
+    log_probs, (h, c, _) = stepwise_log_probs(int8, features, tokens)
+    assert log_probs.dtype == h.dtype == c.dtype == torch.float32
+    assert torch.allclose(log_probs, expected, atol=0.05)
+    assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in int8
+
+
+def test_auto_precision_is_int8_on_a_cpu_and_int8_is_refused_on_a_gpu():
+    from model.captioner import resolve_precision
+
+    assert torch.backends.quantized.engine != "none"  # x86 and Arm builds of torch have an int8 engine
+    assert resolve_precision("auto", torch.device("cpu")) == torch.qint8
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_precision("int8", torch.device("cuda"))
+
+
 def sample(decoder, features, greedy, max_length=6):
     return decoder.sample(features, start_id=START, end_id=END, banned_ids=[PAD, START, 3], max_length=max_length,
                           greedy=greedy)
