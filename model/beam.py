@@ -47,8 +47,8 @@ def beam_search(
     V = decoder.config.vocab_size
     device = features.device
 
-    # W_ih v once per image, then copied to its K beams: rows b * K + k
-    state = tuple(part.repeat_interleave(K, dim=0) for part in decoder.start(features))
+    # W_ih v once per image, then copied to its K beams: rows b * K + k; in fp32 once here, not at every step
+    state = tuple(part.float().repeat_interleave(K, dim=0) for part in decoder.start(features))
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
     scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
@@ -56,6 +56,10 @@ def beam_search(
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # [B, K]
     only_end = torch.full((V,), float("-inf"), device=device)
     only_end[end_id] = 0.0
+    banned = torch.zeros(V, device=device)  # [V], added to every step's log-probabilities
+    banned[list(banned_ids)] = float("-inf")
+    banned_first = banned.clone()
+    banned_first[end_id] = float("-inf")  # a caption has at least one word
     image_offset = torch.arange(B, device=device)[:, None] * K  # [B, 1]
 
     all_rows = torch.arange(B * K, device=device)
@@ -67,11 +71,9 @@ def beam_search(
             log_probs, state = decoder.step(tokens, state)  # [B*K, V]
         else:
             log_probs, state = _step_rows(decoder, tokens, state, live.nonzero().squeeze(1), only_end)
-        log_probs[:, list(banned_ids)] = float("-inf")
+        log_probs = log_probs + (banned_first if t == 0 else banned)
         if block_ngram and history.size(2) >= block_ngram:
             log_probs.masked_fill_(_repeats(history, block_ngram, V).view(B * K, V), float("-inf"))
-        if t == 0:
-            log_probs[:, end_id] = float("-inf")  # a caption has at least one word
         log_probs = torch.where(finished.view(-1, 1), only_end, log_probs).view(B, K, V)
         candidates = (scores[:, :, None] + log_probs).view(B, K * V)  # [B, K*V]
         scores, flat = candidates.topk(K, dim=1)  # [B, K]
