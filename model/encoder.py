@@ -133,7 +133,9 @@ class Encoder(nn.Module):
     @torch.inference_mode()
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         device = next(self.parameters()).device
-        pixels = self.preprocess(images).to(device).contiguous(memory_format=torch.channels_last)
+        pixels = self.preprocess(images).to(device)
+        if self._session is None:  # ONNX Runtime takes NCHW as it comes; the eager convolutions run channels-last
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self(pixels).float()  # [B, D]
 
 
