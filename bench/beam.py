@@ -2,21 +2,19 @@
 
     python -m bench.beam [--weights weights] [--photos docs/examples] [--repeats 2000]
 
-For one image at the weights' beam size (the rows a step runs, as in the service), in bf16 (the
-service on a CPU with AVX512-BF16) and fp32: a whole step (model.decoder.Decoder.step), its two
+For one image at the weights' beam size (the rows a step runs, as in the service), with the
+decoder's matmuls in each precision the service can run them in (CAPTIONER_DECODER_PRECISION):
+int8 (the default on a CPU), bf16 and fp32. A whole step (model.decoder.Decoder.step), its two
 matmuls alone (the recurrent W_h h, [beams, H] x [H, 4H], and the output layer, [beams, H] x [H, V]),
-and the weight bytes each step reads. Then, for comparison only (the service does not use it), the
-same two matmuls with int8 weights through torch's dynamic quantization. Last, whole captions:
-beam search on the features of each of --photos (model.captioner.describe, as the service),
-median ms per caption and the mean words per caption (a caption of n words takes at least n + 1
-steps).
+and the weight bytes each step reads. Then whole captions: beam search on the features of each
+of --photos (model.captioner.describe, as the service), median ms per caption and the mean words
+per caption (a caption of n words takes at least n + 1 steps).
 """
 from __future__ import annotations
 
 import copy
 import statistics
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -33,13 +31,6 @@ def median_us(call, repeats: int) -> float:
         return statistics.median(repeat_timed(call, repeats)) * 1e6
 
 
-def int8_linear(linear: torch.nn.Linear):
-    with warnings.catch_warnings():  # torch.ao.quantization announces its deprecation
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-        return quantize_dynamic(torch.nn.Sequential(linear.float()), {torch.nn.Linear}, dtype=torch.qint8)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser("beam", __doc__, weights=True)
     p.add_argument("--photos", type=Path, default=ROOT / "docs" / "examples", help="photos captioned (default: docs/examples)")
@@ -54,18 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     features = all_features[:1]  # the step's parts: the first photo
 
     rows, results = [], {"weights": manifest["model_id"], "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for name, dtype in (("int8", torch.qint8), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
         decoder = copy.deepcopy(trained).for_inference(dtype)  # for_inference works in place
         with torch.inference_mode():
-            state = tuple(part.repeat_interleave(beams, 0) for part in decoder.start(features))
+            state = tuple(part.float().repeat_interleave(beams, 0) for part in decoder.start(features))
         tokens = torch.arange(beams) + vocab.unk_id + 1
-        h = state[0].to(dtype)
+        h = state[0].to(decoder.matmul_dtype)
         parts = {
             "step": median_us(lambda: decoder.step(tokens, state), args.repeats),
             "W_h h": median_us(lambda: decoder.w_hidden(h), args.repeats),
             "output layer": median_us(lambda: decoder.out(h), args.repeats),
         }
-        weight_bytes = sum(m.weight.numel() * m.weight.element_size() for m in (decoder.w_hidden, decoder.out))
+        weight_bytes = sum(weight.numel() * weight.element_size() for weight in
+                           (m.weight() if callable(m.weight) else m.weight for m in (decoder.w_hidden, decoder.out)))
         caption_ms = statistics.median(
             seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding, reranker=reranker), 10)
         ) * 1e3
@@ -74,11 +66,6 @@ def main(argv: list[str] | None = None) -> int:
                                      "words_per_caption": words}
         rows.append([name, parts["step"], parts["W_h h"], parts["output layer"],
                      parts["step"] - parts["W_h h"] - parts["output layer"], f"{weight_bytes / 2**20:.2f}", caption_ms, words])
-        if name == "fp32":
-            quantized = [int8_linear(decoder.w_hidden), int8_linear(decoder.out)]
-            matmuls = [median_us(lambda m=m: m(h), args.repeats) for m in quantized]
-            results["parts_us"]["int8 dynamic (not served)"] = {"W_h h": matmuls[0], "output layer": matmuls[1]}
-            rows.append(["int8 dynamic (not served)", "-", matmuls[0], matmuls[1], "-", f"{weight_bytes / 4 / 2**20:.2f}", "-", "-"])
     print_table(f"beam search step, {beams} beams, {len(vocab)} words, {torch.get_num_threads()} threads (us)",
                 ["weights", "step", "W_h h", "output layer", "rest of step", "weight MiB/step", "caption ms", "words"], rows)
     write_json(args.json, results)

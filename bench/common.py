@@ -183,7 +183,8 @@ def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
 def model_summary(captioner: Captioner) -> dict:
     """Which weights were timed: the decoder's size decides the beam search's cost."""
     config = captioner.decoder.config
-    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim}
+    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim,
+            "decoder_precision": captioner.decoder.precision, "encoder_runtime": captioner.encoder.runtime}
 
 
 def histogram_totals(url: str) -> dict[str, tuple[float, float]]:

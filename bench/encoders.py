@@ -10,7 +10,9 @@ Runtimes, all on the same preprocessed pixels and the same threads:
 - torch.compile: inductor, channels-last (needs a C++ compiler);
 - ONNX Runtime fp32: the service's default on a CPU (model.encoder.use_runtime);
 - ONNX Runtime int8: static quantization (QDQ, per-channel int8 weights, uint8 activations),
-  calibrated on the first --calibration-images photos of --calibration.
+  calibrated on the first --calibration-images photos of --calibration;
+- OpenVINO fp32 and bf16 (the `openvino` package, a test dependency, not the service's): the same
+  ONNX model, compiled for latency.
 Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). A runtime that
 cannot be built here is listed with the reason.
 """
@@ -78,6 +80,21 @@ def onnx_runtime(trunk: torch.nn.Module, folder: Path, calibration: torch.Tensor
     return run
 
 
+def openvino(trunk: torch.nn.Module, folder: Path, precision: str) -> Run:
+    """OpenVINO's CPU plugin on the exported model; precision f32 or bf16 (its inference precision hint)."""
+    import openvino as ov
+
+    exported = folder / "encoder.onnx"
+    exported.write_bytes(export_onnx(trunk, 224))
+    model = ov.Core().compile_model(str(exported), "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                                                           "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    request = model.create_infer_request()
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer({0: pixels.numpy()})[model.output(0)].copy())
+    return run
+
+
 def ms_per_image(run: Run, pixels: torch.Tensor, batch: int, repeats: int) -> float:
     inputs = pixels[:batch].repeat((batch + len(pixels) - 1) // len(pixels), 1, 1, 1)[:batch].contiguous()
     for _ in range(3):
@@ -114,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             "ONNX Runtime fp32 (runtime auto on a CPU)": lambda: onnx_runtime(trunk, Path(folder), None),
             "ONNX Runtime int8 (static, QDQ)": lambda: onnx_runtime(
                 trunk, Path(folder), load_pixels(encoder, args.calibration, args.calibration_images)),
+            "OpenVINO fp32": lambda: openvino(trunk, Path(folder), "f32"),
+            "OpenVINO bf16": lambda: openvino(trunk, Path(folder), "bf16"),
         }
         for name, build in builders.items():
             try:
