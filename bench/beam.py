@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     features = all_features[:1]  # the step's parts: the first photo
 
     rows, results = [], {"weights": manifest["model_id"], "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
-    for name, dtype in (("int8", torch.qint8), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    for name, dtype in (("int8", torch.int8), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
         decoder = copy.deepcopy(trained).for_inference(dtype)  # for_inference works in place
         with torch.inference_mode():
             state = tuple(part.float().repeat_interleave(beams, 0) for part in decoder.start(features))

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="the decoder's matmuls (auto: int8 on a CPU, else bf16 where the hardware has it, as the service runs it)")
+                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
     parser.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
                         help="what runs the CNN (auto: ONNX Runtime on the CPU, as the service runs it)")
     return parser
