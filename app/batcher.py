@@ -30,12 +30,12 @@ WARM_UP_IMAGE_SIZE = (320, 240)
 
 
 def serving_threads(captioner: Captioner) -> None:
-    """With the CNN on ONNX Runtime's own threads (all cores), torch's threads are left only the beam
+    """With the CNN on ONNX Runtime's (or OpenVINO's) own threads (all cores), torch's threads are left only the beam
     search, which a second thread barely speeds up: between its small steps the second one spins on
     the other core, where decoding and HTTP need it. On one torch thread the server spent about half
     the CPU time per request (72 -> 39 ms at 1 client, 42 -> 27 ms at 8) and answered sooner (bench
     README). The eager CNN (a GPU, or ONNX Runtime unavailable) keeps torch's threads."""
-    if captioner.encoder.runtime == "onnxruntime":
+    if captioner.encoder.runtime != "eager":
         torch.set_num_threads(1)
 
 

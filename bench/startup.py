@@ -2,8 +2,8 @@
 
     python -m bench.startup [--repeats 3]
 
-Ready means the weights verified, the CNN built (for ONNX Runtime: exported in memory and checked
-against eager PyTorch) and a warm-up caption run. Each start is a new process, as a container's is.
+Ready means the weights verified, the CNN built (for ONNX Runtime and OpenVINO: exported in
+memory, compiled and checked against eager PyTorch) and a warm-up caption run. Each start is a new process, as a container's is.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from app.local_server import running_server
 from bench.common import parser, positive, print_table, write_json
 
-RUNTIMES = ("eager", "onnxruntime")
+RUNTIMES = ("eager", "onnxruntime", "openvino")
 
 
 def main(argv: list[str] | None = None) -> int:

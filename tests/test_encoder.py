@@ -193,7 +193,7 @@ def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line
     if failure == "library missing":
         monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
     else:
-        monkeypatch.setattr(model.encoder, "MAX_RUNTIME_DRIFT", -1.0)  # no drift is small enough
+        monkeypatch.setattr(model.encoder, "MAX_RUNTIME_DRIFT", {"fp32": -1.0})  # no drift is small enough
     with caplog.at_level("WARNING", logger="captioner"):
         fallen = build_encoder()
     assert fallen.runtime == "eager"
@@ -202,6 +202,21 @@ def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line
     assert ("import of onnxruntime" if failure == "library missing" else "differ from the eager path") in line
     reference = build_encoder(runtime="eager").encode(photos())
     assert torch.equal(fallen.encode(photos()), reference)
+
+
+def test_openvino_runs_the_cnn_in_bf16_where_the_cpu_has_it_and_gives_way_to_onnx_runtime(monkeypatch, caplog):
+    import sys
+
+    fast, reference = build_encoder(runtime="openvino"), build_encoder(runtime="eager").encode(photos())
+    bf16 = torch.cpu._is_avx512_bf16_supported()
+    assert fast.runtime == ("openvino-bf16" if bf16 else "openvino-fp32")
+    drift = ((fast.encode(photos()) - reference).norm(dim=1) / reference.norm(dim=1)).max()
+    assert (0.01 < drift < 0.2) if bf16 else drift < 1e-4  # bf16 rounding, not a wrong graph
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with caplog.at_level("WARNING", logger="captioner"):
+        assert build_encoder(runtime="openvino").runtime == "onnxruntime"
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line.startswith("encoder runtime: ONNX Runtime, not OpenVINO: ModuleNotFoundError")
 
 
 def test_features_of_two_runtimes_never_share_a_cache_file(encoder, tmp_path):
