@@ -15,11 +15,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.images import decode_image
+from app.local_server import Server
 from app.settings import Settings
 from bench.naive import naive_caption, naive_captioner
 from model.captioner import Captioner
@@ -168,7 +170,14 @@ def load_photos(folder: Path, count: int | None = None) -> list[Image.Image]:
 def server_settings() -> dict:
     """The settings that shape batching, as the server reads them from the same environment."""
     settings = Settings()
-    return {"max_batch_size": settings.max_batch_size, "max_batch_wait_ms": settings.max_batch_wait_ms}
+    return {"max_batch_size": settings.max_batch_size, "max_batch_wait_ms": settings.max_batch_wait_ms,
+            "encoder_runtime": settings.encoder_runtime, "decoder_precision": settings.decoder_precision}
+
+
+def cpu_seconds(server: Server) -> float:
+    """CPU time the server process has used so far, all its threads (the CNN runtime's own included)."""
+    times = psutil.Process(server.process.pid).cpu_times()
+    return times.user + times.system
 
 
 def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
@@ -183,8 +192,7 @@ def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
 def model_summary(captioner: Captioner) -> dict:
     """Which weights were timed: the decoder's size decides the beam search's cost."""
     config = captioner.decoder.config
-    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim,
-            "decoder_precision": captioner.decoder.precision, "encoder_runtime": captioner.encoder.runtime}
+    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim}
 
 
 def histogram_totals(url: str) -> dict[str, tuple[float, float]]:

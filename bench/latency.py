@@ -22,8 +22,9 @@ from app.images import decode_image
 from app.local_server import running_server
 from app.routes import caption_response
 from bench.common import (
-    MAX_PIXELS, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
-    percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, serving_beam_size, write_json,
+    MAX_PIXELS, cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds,
+    parser, percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, serving_beam_size,
+    write_json,
 )
 
 ROUTE = "/v1/captions"
@@ -41,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
     with running_server(weights_dir=args.weights.resolve()) as server:
         drive(server.url, jpeg, clients=1, requests=args.warmup, beam_size=args.beam_size)
-        before = histogram_totals(server.url)
+        before, cpu_before = histogram_totals(server.url), cpu_seconds(server)
         load = drive(server.url, jpeg, clients=1, requests=args.requests, beam_size=args.beam_size)
-        after = histogram_totals(server.url)
+        after, cpu_after = histogram_totals(server.url), cpu_seconds(server)
+    server_cpu_ms = round(1000 * (cpu_after - cpu_before) / args.requests, 1)
     end_to_end = load.percentiles_ms()
     server_mean_ms = {
         stage: round(1000 * mean_between(before, after, key), 2)
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             ["  beam search", *(stages["beam_search"][q] for q in quantiles), server_mean_ms["beam_search"]],
             ["  serialisation", *(stages["serialisation"][q] for q in quantiles), ""],
             ["  HTTP, multipart, batcher wait (rest of p50)", other_p50_ms, "", "", ""],
+            ["server CPU per request, all its threads", "", "", "", server_cpu_ms],
             ["naive: decode + naive_caption", *(naive[q] for q in quantiles), ""],
             ["speed-up, naive / ours (x)", *speedup.values(), ""],
         ],
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_settings": server_settings(),
         "end_to_end": end_to_end,
         "server_mean_ms": server_mean_ms,
+        "server_cpu_ms_per_request": server_cpu_ms,
         "stages": stages,
         "other_p50_ms": other_p50_ms,
         "naive": naive,

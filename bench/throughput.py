@@ -22,8 +22,8 @@ import sys
 
 from app.local_server import running_server
 from bench.common import (
-    drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser, photo_jpeg,
-    positive, print_table, server_settings, serving_beam_size, write_json,
+    cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
+    photo_jpeg, positive, print_table, server_settings, serving_beam_size, write_json,
 )
 
 
@@ -42,14 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         for clients in args.clients:
             print(f"{clients} clients: {args.warmup} + {args.requests} requests ...", flush=True)
             drive(server.url, jpeg, clients, args.warmup, args.beam_size)
-            before = histogram_totals(server.url)
+            before, cpu_before = histogram_totals(server.url), cpu_seconds(server)
             load = drive(server.url, jpeg, clients, args.requests, args.beam_size)
-            after = histogram_totals(server.url)
+            after, cpu_after = histogram_totals(server.url), cpu_seconds(server)
             levels.append({
                 "clients": clients,
                 "images_per_s": round(load.images_per_s, 2),
                 **load.percentiles_ms(),
                 "mean_batch_size": round(mean_between(before, after, "captioner_batch_size"), 2),
+                "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / args.requests, 1),
                 "errors": load.errors,
             })
 
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"{args.requests} requests per level, one 640x480 JPEG, beam {args.beam_size}, {naive.device}; "
         f"naive: {naive_images_per_s:.1f} images/s",
-        ["clients", "images/s", "p50 ms", "p99 ms", "mean batch", "errors", "ours/naive (x)"],
+        ["clients", "images/s", "p50 ms", "p99 ms", "mean batch", "server CPU ms/request", "errors", "ours/naive (x)"],
         [[level["clients"], level["images_per_s"], level["p50_ms"], level["p99_ms"], level["mean_batch_size"],
-          level["errors"], level["ratio_vs_naive"]] for level in levels],
+          level["server_cpu_ms_per_request"], level["errors"], level["ratio_vs_naive"]] for level in levels],
     )
     write_json(args.json, {
         "benchmark": "throughput",

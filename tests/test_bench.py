@@ -33,6 +33,7 @@ def test_latency(tmp_path):
         assert_positive(percentiles)
     assert set(results["server_mean_ms"]) == {"request", "cnn", "beam_search"}
     assert_positive(results["server_mean_ms"])
+    assert results["server_cpu_ms_per_request"] > 0
     assert set(results["speedup"]) == {"p50", "p90", "p99"}
     assert_positive(results["speedup"])
 
@@ -43,7 +44,8 @@ def test_throughput(tmp_path):
     assert [level["clients"] for level in results["levels"]] == [1, 2]
     for level in results["levels"]:
         assert level["errors"] == 0
-        assert_positive({key: level[key] for key in ("images_per_s", "mean_batch_size", "ratio_vs_naive", *PERCENTILES)})
+        assert_positive({key: level[key] for key in ("images_per_s", "mean_batch_size", "server_cpu_ms_per_request",
+                                                     "ratio_vs_naive", *PERCENTILES)})
         assert 1 <= level["mean_batch_size"] <= level["clients"]
 
 
