@@ -13,8 +13,10 @@ Runtimes, all on the same preprocessed pixels and the same threads:
   calibrated on the first --calibration-images photos of --calibration;
 - OpenVINO fp32 and bf16: the service with CAPTIONER_ENCODER_RUNTIME=openvino (the optional
   `openvino` package; bf16 where the CPU multiplies in it), the same exported model.
-Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). A runtime that
-cannot be built here is listed with the reason.
+Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). Dev CIDEr: the
+shipped weights (decoder, reranker, serving decoding) on the first --dev-images photos of the
+Flickr8k validation split in --data, their features made by that runtime (the training features
+were eager fp32's). A runtime that cannot be built here is listed with the reason.
 """
 from __future__ import annotations
 
@@ -27,12 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.common import ROOT, load_photos, parser, positive, print_table, write_json
+from model.captioner import resolve_precision
+from model.data import DatasetFormatError, load_dataset
 from model.encoder import build_encoder, export_onnx, onnx_session, openvino_session
+from model.evaluate import caption_items, score_captions
+from model.options import Decoding
+from model.weights import load_reranker, load_weights
 
 Run = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, 3, 224, 224] -> features [B, D] fp32
-FLICKR8K_IMAGES = ROOT.parent / "shared" / "data" / "flickr8k" / "Images"
+FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
 
 
 def load_pixels(encoder, folder: Path, count: int) -> torch.Tensor:
@@ -83,6 +91,28 @@ def openvino(trunk: torch.nn.Module, precision: str) -> Run:
     return lambda pixels: torch.from_numpy(session(pixels.numpy()))
 
 
+class DevSplit:
+    """The shipped weights captioning the first `count` validation photos of `data` from features a runtime makes."""
+
+    def __init__(self, encoder, data: Path, count: int):
+        self.items = load_dataset(data).split("val")[:count]
+        photos = []
+        for item in self.items:
+            with Image.open(item.image_path) as image:
+                photos.append(image.convert("RGB"))
+        self.pixels = encoder.preprocess(photos)  # [N, 3, 224, 224]
+        trained, self.vocab, manifest = load_weights(ROOT / "weights")
+        self.decoder = trained.for_inference(resolve_precision("auto", torch.device("cpu")))  # as the service on a CPU
+        self.reranker = load_reranker(ROOT / "weights", manifest)
+        self.decoding = Decoding(**manifest.get("decoding", {}))
+
+    def cider(self, run: Run) -> float:
+        features = torch.cat([run(chunk.contiguous()) for chunk in self.pixels.split(8)])  # [N, D]
+        captions = caption_items(self.decoder, self.vocab, features, self.decoding, self.reranker)
+        predictions = {item.image_path.name: caption for item, caption in zip(self.items, captions)}
+        return score_captions(predictions, {item.image_path.name: list(item.captions) for item in self.items}, meteor=False)["CIDEr"]
+
+
 def ms_per_image(run: Run, pixels: torch.Tensor, batch: int, repeats: int) -> float:
     inputs = pixels[:batch].repeat((batch + len(pixels) - 1) // len(pixels), 1, 1, 1)[:batch].contiguous()
     for _ in range(3):
@@ -98,16 +128,24 @@ def ms_per_image(run: Run, pixels: torch.Tensor, batch: int, repeats: int) -> fl
 def main(argv: list[str] | None = None) -> int:
     p = parser("encoders", __doc__, weights=False)
     p.add_argument("--photos", type=Path, default=ROOT / "docs" / "examples", help="photos timed and compared (default: docs/examples)")
-    p.add_argument("--calibration", type=Path, default=FLICKR8K_IMAGES,
+    p.add_argument("--calibration", type=Path, default=FLICKR8K / "Images",
                    help="photos the int8 model is calibrated on (default: the shared Flickr8k photos)")
     p.add_argument("--calibration-images", type=positive, default=64, help="how many of them (default 64)")
     p.add_argument("--repeats", type=positive, default=30, help="timed calls per runtime and batch size (default 30)")
+    p.add_argument("--data", type=Path, default=FLICKR8K, help="the Flickr8k folder of the dev CIDEr (default: the shared one)")
+    p.add_argument("--dev-images", type=int, default=1000, help="validation photos captioned per runtime (default 1000, all; 0: none)")
     args = p.parse_args(argv)
 
     encoder = build_encoder(runtime="eager")
     trunk = encoder.trunk
     pixels = load_pixels(encoder, args.photos, 64)
     reference = eager(trunk, channels_last=False)(pixels)  # [N, D]
+    if args.dev_images < 0:
+        p.error(f"--dev-images must be 0 or more, got {args.dev_images}")
+    try:
+        dev = DevSplit(encoder, args.data, args.dev_images) if args.dev_images else None
+    except (DatasetFormatError, OSError) as error:  # no such folder, not a data set, an unreadable photo
+        p.error(f"--data {args.data}: {error} (--dev-images 0 skips the dev CIDEr)")
 
     rows, results = [], {"photos": str(args.photos), "runtimes": {}}  # write_json adds the machine
     with tempfile.TemporaryDirectory(prefix="captioner-encoders-") as folder:
@@ -130,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
                 setup_s = time.perf_counter() - started
                 drift = ((features - reference).norm(dim=1) / reference.norm(dim=1)).numpy()
                 b1, b8 = ms_per_image(run, pixels, 1, args.repeats), ms_per_image(run, pixels, 8, args.repeats)
+                cider = dev.cider(run) if dev else None
             except Exception as error:  # a runtime missing here is a row of the table, not the end of the run
-                rows.append([name, "-", "-", "-", "-", f"unavailable: {type(error).__name__}: {str(error)[:80]}"])
+                rows.append([name, "-", "-", "-", "-", "-", f"unavailable: {type(error).__name__}: {str(error)[:80]}"])
                 results["runtimes"][name] = {"error": f"{type(error).__name__}: {error}"}
                 continue
-            rows.append([name, f"{b1:.2f}", f"{b8:.2f}", f"{np.mean(drift):.2e}", f"{np.max(drift):.2e}", f"{setup_s:.1f} s"])
+            rows.append([name, f"{b1:.2f}", f"{b8:.2f}", f"{np.mean(drift):.2e}", f"{np.max(drift):.2e}",
+                         "-" if cider is None else f"{cider:.4f}", f"{setup_s:.1f} s"])
             results["runtimes"][name] = {"ms_per_image_batch1": b1, "ms_per_image_batch8": b8, "drift_mean": float(np.mean(drift)),
-                                         "drift_max": float(np.max(drift)), "setup_s": setup_s}
-    print_table(f"CNN (EfficientNet-Lite0, head-mean) on {len(pixels)} photos, {torch.get_num_threads()} threads",
-                ["runtime", "ms/image batch 1", "ms/image batch 8", "drift mean", "drift max", "setup / note"], rows)
-    write_json(args.json, results)
+                                         "drift_max": float(np.max(drift)), "dev_cider": cider, "setup_s": setup_s}
+    print_table(f"CNN (EfficientNet-Lite0, head-mean) on {len(pixels)} photos, {torch.get_num_threads()} threads; "
+                f"dev CIDEr on {len(dev.items) if dev else 0} validation photos",
+                ["runtime", "ms/image batch 1", "ms/image batch 8", "drift mean", "drift max", "dev CIDEr", "setup / note"], rows)
+    write_json(args.json, {**results, "dev_images": len(dev.items) if dev else 0})
     return 0
 
 
