@@ -17,12 +17,13 @@ cannot load or does not match, the eager path runs instead, and one log line say
 
 OpenVINO (runtime "openvino", the optional `openvino` package) compiles the same exported model
 in bf16 where the CPU multiplies in it (AVX512-BF16, AMX), else in fp32: about twice as fast as
-ONNX Runtime in bf16, with features about 6% from the eager path's. It is asked for by name, not
+ONNX Runtime in bf16, with features 4-6% from the eager path's. It is asked for by name, not
 the default: the shipped decoder was trained on eager (fp32) features. Where it cannot load, ONNX
 Runtime runs instead, then eager, each with its log line.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -346,12 +347,19 @@ def onnx_session(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], str]
     return (lambda pixels: session.run(None, {"pixels": pixels})[0]), "fp32"
 
 
+@functools.cache
+def _openvino_core():
+    """One OpenVINO Core for the process: a second one, queried, makes the process crash later
+    (seen here on the next subprocess it started; ultralytics/ultralytics#25864 found the same)."""
+    import openvino
+
+    return openvino.Core()
+
+
 def openvino_session(model: bytes, precision: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """OpenVINO's CPU plugin on the exported model, as a function of the pixels, and its precision:
     bf16 or fp32 as asked, or bf16 where the CPU multiplies in it."""
-    import openvino
-
-    core = openvino.Core()
+    core = _openvino_core()
     precision = precision or ("bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32")
     compiled = core.compile_model(core.read_model(model=model), "CPU", {
         "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision], "PERFORMANCE_HINT": "LATENCY",
