@@ -1,9 +1,10 @@
 """Dynamic batching: requests that arrive together share one CNN pass and one beam search.
 
 One inference thread does all model work, the loading and warm-up included, so the event loop
-never blocks and the CPU threads of torch are not oversubscribed (serving_threads). The loop collects whatever is
-queued, waits up to max_wait for more (up to max_batch_size), runs the CNN once on all the images,
-then one batched beam search per distinct (decoding, num_captions) in the batch.
+never blocks and the CPU threads of torch are not oversubscribed (serving_threads). The loop
+collects whatever is queued, waits up to max_wait for more (up to max_batch_size), runs the CNN
+once on all the images, then one batched beam search per distinct (decoding, num_captions) in the
+batch.
 The wait is skipped while requests come one at a time (the last batch held one): a lone client
 would pay the whole window on every request and gain nothing.
 """
@@ -30,11 +31,11 @@ WARM_UP_IMAGE_SIZE = (320, 240)
 
 
 def serving_threads(captioner: Captioner) -> None:
-    """With the CNN on ONNX Runtime's (or OpenVINO's) own threads (all cores), torch's threads are left only the beam
-    search, which a second thread barely speeds up: between its small steps the second one spins on
-    the other core, where decoding and HTTP need it. On one torch thread the server spent about half
-    the CPU time per request (72 -> 39 ms at 1 client, 42 -> 27 ms at 8) and answered sooner (bench
-    README). The eager CNN (a GPU, or ONNX Runtime unavailable) keeps torch's threads."""
+    """With the CNN on ONNX Runtime's (or OpenVINO's) own threads (all cores), torch's threads are
+    left only the beam search, which a second thread barely speeds up: between its small steps the
+    second one spins on the other core, where decoding and HTTP need it. On one torch thread the server spends about 40%
+    less CPU time per request at 1 client and a quarter less at 8 (bench README). The eager CNN (a
+    GPU, or no other runtime available) keeps torch's threads."""
     if captioner.encoder.runtime != "eager":
         torch.set_num_threads(1)
 

@@ -298,6 +298,10 @@ def use_runtime(encoder: Encoder, runtime: str) -> None:
     on_cpu = next(encoder.parameters()).device.type == "cpu"
     if runtime == "eager" or (runtime == "auto" and not on_cpu):
         return
+    if not on_cpu:
+        logger.warning("encoder runtime: eager PyTorch, not %s: it runs the CNN on the CPU here, and the model is on a GPU",
+                       RUNTIME_LABELS[runtime])
+        return
     size = encoder.preprocessing.size
     probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -305,8 +309,6 @@ def use_runtime(encoder: Encoder, runtime: str) -> None:
     candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime != "openvino":]
     for index, (name, build) in enumerate(candidates):
         try:
-            if not on_cpu:
-                raise RuntimeError("it runs the CNN on the CPU here, and the model is on a GPU")
             session, precision = build(export_onnx(encoder.trunk, size))
             got = torch.from_numpy(session(probe.numpy()))
             drift = ((got - expected).norm(dim=1) / expected.norm(dim=1)).max().item()
