@@ -433,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                 stale_epochs += 1
             save_checkpoint(checkpoint_path, args, decoder, averaged, optimizer, scheduler, epoch, best_cider, stale_epochs,
                             history, vocab)
-            with open(args.out / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
+            # The whole log from the checkpoint's history, not one appended line: a run killed between
+            # the checkpoint and the log would otherwise resume with that epoch missing from the log.
+            lines = "".join(json.dumps(past) + "\n" for past in history)
+            atomic_write(args.out / "log.jsonl", lambda tmp: Path(tmp).write_text(lines))
             shown = f"val BLEU-4 {val['BLEU-4']:.4f}  val CIDEr {val['CIDEr']:.4f}" if val else "no val split"
             reward = f"  reward {record['train_reward']:.4f}" if args.scst else ""
             print(f"epoch {epoch + 1:3d}/{args.epochs}  loss {train_loss:.4f}{reward}  {shown}  {seconds:.1f}s", flush=True)
