@@ -42,7 +42,8 @@ def test_upload_shows_captions_and_scores(page, tmp_path):
     scene(colour="green").save(image_path)
     assert page.title() == "captioner"
     page.set_input_files("#file", str(image_path))
-    assert page.locator("#preview").is_visible()
+    # Waited for, not read at once: the preview has no size, so is not visible, until the browser has loaded it.
+    page.locator("#preview").wait_for(state="visible", timeout=10_000)
     page.fill("#beam", "4")
     page.fill("#count", "2")
     page.click("#submit")
