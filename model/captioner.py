@@ -27,8 +27,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """"auto" is bf16 where the hardware multiplies in it (AVX512-BF16 CPUs, Ampere and later GPUs):
     elsewhere bf16 matmuls are emulated and slower than fp32. int8 (Int8Linear) is asked for by name
-    and runs on the CPU only: its beam search is about 30% faster than bf16's, but its dev CIDEr is
-    1.3% lower, outside the 1% that the CNN's runtime is held to (README, Configuration)."""
+    and runs on the CPU only: its beam search is about 20% faster than bf16's, but its dev CIDEr is
+    1.3% lower, outside the 1% that the CNN's runtime is held to (bench README)."""
     if precision == "int8" and device.type != "cpu":
         raise ValueError(f"int8 decoder weights run on the CPU only, not on {device}: use bf16 or fp32")
     if precision == "auto":
