@@ -6,7 +6,7 @@ import torch
 
 import torch.nn.functional as F
 
-from model.decoder import Decoder, DecoderConfig, Int8Linear
+from model.decoder import Decoder, DecoderConfig, Int8Linear, PackedLinear
 
 PAD, START, END = 0, 1, 2
 
@@ -153,6 +153,26 @@ def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside
     assert ((batched - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.02
     # One scale for the whole batch (torch.ao's dynamic quantization) would let the large rows coarsen the small ones.
     assert all(torch.equal(int8(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_bf16_inference_on_the_cpu_packs_the_matmuls_for_onednn():
+    bf16 = tiny_decoder().for_inference(torch.bfloat16)
+    assert all(isinstance(layer, PackedLinear) for layer in (bf16.w_hidden, bf16.w_image, bf16.out))
+    assert bf16.precision == "bf16"
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_packed_linear_gives_f_linears_bf16_numbers_and_a_row_never_depends_on_the_rows_beside_it():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96).to(torch.bfloat16)
+    packed = PackedLinear(linear)
+    rows = (torch.randn(7, 64) * torch.logspace(-2, 1, 7)[:, None]).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = linear(rows)
+    batched = packed(rows)
+    assert batched.dtype == torch.bfloat16 and torch.equal(batched, expected)
+    assert all(torch.equal(packed(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
 
 
 def test_int8_is_asked_for_by_name_and_refused_on_a_gpu():
