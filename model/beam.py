@@ -62,18 +62,13 @@ def beam_search(
     banned_first[end_id] = float("-inf")  # a caption has at least one word
     image_offset = torch.arange(B, device=device)[:, None] * K  # [B, 1]
 
-    all_rows = torch.arange(B * K, device=device)
     for t in range(max_length):
-        # The decoder runs only where a step can change something: not on finished beams (they may
-        # only add <end>), and on the first step on one beam per image (all K start alike).
-        live = (all_rows % K == 0) if t == 0 else ~finished.view(-1)  # [B*K]
-        if live.all():
-            log_probs, state = decoder.step(tokens, state)  # [B*K, V]
-        else:
-            log_probs, state = _step_rows(decoder, tokens, state, live.nonzero().squeeze(1), only_end)
+        # Every row runs, finished beams and the first step's K alike beams included: a step reads the
+        # weights once whatever the rows, so selecting the live ones cost more than it saved.
+        log_probs, state = decoder.step(tokens, state)  # [B*K, V]
         log_probs = log_probs + (banned_first if t == 0 else banned)
         if block_ngram and history.size(2) >= block_ngram:
-            log_probs.masked_fill_(_repeats(history, block_ngram, V).view(B * K, V), float("-inf"))
+            _block_repeats(log_probs.view(B, K, V), history, block_ngram)
         log_probs = torch.where(finished.view(-1, 1), only_end, log_probs).view(B, K, V)
         candidates = (scores[:, :, None] + log_probs).view(B, K * V)  # [B, K*V]
         scores, flat = candidates.topk(K, dim=1)  # [B, K]
@@ -92,23 +87,14 @@ def beam_search(
     ]
 
 
-def _step_rows(decoder: Decoder, tokens: torch.Tensor, state: tuple, rows: torch.Tensor, fill: torch.Tensor) -> tuple:
-    """decoder.step on `rows` of the beams only; the other rows get `fill` [V] and keep their state."""
-    h, c, image_gates = state
-    row_log_probs, (row_h, row_c, _) = decoder.step(tokens[rows], (h[rows], c[rows], image_gates[rows]))
-    log_probs = fill.expand(tokens.size(0), -1).clone()  # [B*K, V]
-    log_probs[rows] = row_log_probs
-    return log_probs, (h.index_copy(0, rows, row_h), c.index_copy(0, rows, row_c), image_gates)
-
-
-def _repeats(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
-    """history [B, K, t] -> [B, K, V], True for each word that would end an n-gram the beam already holds."""
+def _block_repeats(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """log_probs [B, K, V] in place: -inf for each word that would end an n-gram the beam already holds (history [B, K, t])."""
     windows = history.unfold(2, n, 1)  # [B, K, t-n+1, n]: every n-gram so far
     same_start = (windows[..., :-1] == history[..., None, history.size(2) - n + 1:]).all(-1)  # [B, K, t-n+1]
-    # The word that completed each n-gram whose first n-1 words are the beam's last n-1; else a spare column.
-    words = torch.where(same_start, windows[..., -1], vocab_size)  # [B, K, t-n+1]
-    blocked = torch.zeros(*history.shape[:2], vocab_size + 1, dtype=torch.bool, device=history.device)
-    return blocked.scatter_(2, words, True)[..., :vocab_size]
+    # The word that completed each n-gram whose first n-1 words are the beam's last n-1 gets -inf;
+    # the minimum with +inf leaves the words of the other n-grams as they are.
+    blocked = torch.where(same_start, float("-inf"), float("inf"))  # [B, K, t-n+1]
+    log_probs.scatter_reduce_(2, windows[..., -1], blocked, reduce="amin")
 
 
 def _best(
