@@ -14,7 +14,7 @@ class Settings(BaseSettings):
     weights_dir: Path = Path("weights")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     decoder_precision: Literal["auto", "int8", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has it
-    encoder_runtime: Literal["auto", "onnxruntime", "openvino", "eager"] = "auto"  # auto: ONNX Runtime on the CPU
+    encoder_runtime: Literal["auto", "onnxruntime", "openvino", "eager"] = "auto"  # auto: OpenVINO on the CPU, else ONNX Runtime
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
     decode_concurrency: int = Field(2, ge=1)

@@ -8,11 +8,11 @@ Runtimes, all on the same preprocessed pixels and the same threads:
 - eager fp32 channels-last: the service with CAPTIONER_ENCODER_RUNTIME=eager, and on a GPU;
 - eager bf16: autocast, channels-last;
 - torch.compile: inductor, channels-last (needs a C++ compiler);
-- ONNX Runtime fp32: the service's default on a CPU (model.encoder.use_runtime);
+- ONNX Runtime fp32: the service with CAPTIONER_ENCODER_RUNTIME=onnxruntime, and where OpenVINO cannot load;
 - ONNX Runtime int8: static quantization (QDQ, per-channel int8 weights, uint8 activations),
   calibrated on the first --calibration-images photos of --calibration;
-- OpenVINO fp32 and bf16: the service with CAPTIONER_ENCODER_RUNTIME=openvino (the optional
-  `openvino` package; bf16 where the CPU multiplies in it), the same exported model.
+- OpenVINO fp32 and bf16: the same exported model; the service's default on a CPU runs it in bf16
+  where the CPU multiplies in it, else in fp32 (model.encoder.use_runtime).
 Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). Dev CIDEr: the
 shipped weights (decoder, reranker, serving decoding) on the first --dev-images photos of the
 Flickr8k validation split in --data, their features made by that runtime (the training features
@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             "eager fp32 channels-last (runtime eager)": lambda: eager(trunk, channels_last=True),
             "eager bf16 channels-last": lambda: eager(trunk, channels_last=True, bf16=True),
             "torch.compile (inductor)": lambda: compiled(trunk),
-            "ONNX Runtime fp32 (runtime auto on a CPU)": lambda: onnx_runtime(trunk, Path(folder), None),
+            "ONNX Runtime fp32 (runtime onnxruntime)": lambda: onnx_runtime(trunk, Path(folder), None),
             "ONNX Runtime int8 (static, QDQ)": lambda: onnx_runtime(
                 trunk, Path(folder), load_pixels(encoder, args.calibration, args.calibration_images)),
             "OpenVINO fp32": lambda: openvino(trunk, "fp32"),
-            "OpenVINO bf16 (runtime openvino on this CPU)": lambda: openvino(trunk, "bf16"),
+            "OpenVINO bf16 (runtime auto on this CPU)": lambda: openvino(trunk, "bf16"),
         }
         for name, build in builders.items():
             try:

@@ -9,17 +9,14 @@ machines that can download their weights; elsewhere they fail fast with a clear 
 Every encoder carries a `fingerprint` (name + sha256 of its weights + preprocessing + pooling):
 cached features and trained decoders are only valid for the encoder that made them.
 
-On the CPU the CNN runs through ONNX Runtime by default (RUNTIMES): exported from the same module
-at load (about a second, in memory, so nothing is written and a read-only container needs no
-build step), checked against the eager path on a probe batch, 2.4x faster at batch 1 and 4x at
-batch 8 than eager PyTorch on 2 cores, with features within 1e-6 of it (bench/encoders.py). If it
-cannot load or does not match, the eager path runs instead, and one log line says why.
-
-OpenVINO (runtime "openvino", the optional `openvino` package) compiles the same exported model
-in bf16 where the CPU multiplies in it (AVX512-BF16, AMX), else in fp32: about twice as fast as
-ONNX Runtime in bf16, with features 4-6% from the eager path's. It is asked for by name, not
-the default: the shipped decoder was trained on eager (fp32) features. Where it cannot load, ONNX
-Runtime runs instead, then eager, each with its log line.
+On the CPU the CNN runs through OpenVINO by default (RUNTIMES): exported from the same module at
+load (about a second, in memory, so nothing is written and a read-only container needs no build
+step), compiled in bf16 where the CPU multiplies in it (AVX512-BF16, AMX), else in fp32, and checked
+against the eager path on a probe batch (bf16 moves the features 4-6%, fp32 1e-7). The shipped
+decoder was trained on its bf16 features. In bf16 it is about twice as fast as ONNX Runtime and
+several times faster than eager PyTorch (bench/encoders.py). If it cannot load or does not match,
+ONNX Runtime (fp32, features within 1e-6 of eager) runs instead, then eager PyTorch, each with one
+log line saying why.
 """
 from __future__ import annotations
 
@@ -290,7 +287,7 @@ def build_encoder(
 
 
 def use_runtime(encoder: Encoder, runtime: str) -> None:
-    """auto: ONNX Runtime on the CPU, eager PyTorch on a GPU; openvino: OpenVINO, else as auto. A
+    """auto and openvino: OpenVINO on the CPU, else ONNX Runtime; auto is eager PyTorch on a GPU. A
     runtime that cannot load, or whose features differ from the eager path's on a probe batch by more
     than its precision allows, gives way to the next, with one log line: never wrong numbers."""
     if runtime not in RUNTIMES:
@@ -306,7 +303,7 @@ def use_runtime(encoder: Encoder, runtime: str) -> None:
     probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = encoder.trunk(probe)
-    candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime != "openvino":]
+    candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime == "onnxruntime":]
     for index, (name, build) in enumerate(candidates):
         try:
             session, precision = build(export_onnx(encoder.trunk, size))

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
     parser.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
-                        help="what runs the CNN (auto: ONNX Runtime on the CPU, as the service runs it)")
+                        help="what runs the CNN (auto: OpenVINO on the CPU, else ONNX Runtime, as the service runs it)")
     return parser
 
 

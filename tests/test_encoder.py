@@ -19,6 +19,12 @@ ESPRESSO = 967
 
 @pytest.fixture(scope="module")
 def encoder():
+    """The CNN in fp32 through ONNX Runtime: its features are the eager network's to 1e-6."""
+    return build_encoder(runtime="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def default_encoder():
     return build_encoder()
 
 
@@ -176,12 +182,13 @@ def test_unknown_encoder_name_is_refused():
         build_encoder("no-such-net")
 
 
-def test_the_cpu_runs_the_cnn_through_onnx_runtime_with_the_eager_paths_features(encoder):
+def test_onnx_runtime_gives_the_eager_paths_features(encoder, default_encoder):
     eager = build_encoder(runtime="eager")
     assert (encoder.runtime, eager.runtime) == ("onnxruntime", "eager")
     fast, reference = encoder.encode(photos()), eager.encode(photos())
     assert ((fast - reference).norm(dim=1) / reference.norm(dim=1)).max() < 1e-5
-    assert encoder.fingerprint == eager.fingerprint  # the same network: weights trained on either serve on both
+    # The same network: weights trained on one runtime's features serve on all.
+    assert default_encoder.fingerprint == encoder.fingerprint == eager.fingerprint
 
 
 @pytest.mark.parametrize("failure", ["library missing", "features differ"])
@@ -195,7 +202,7 @@ def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line
     else:
         monkeypatch.setattr(model.encoder, "MAX_RUNTIME_DRIFT", {"fp32": -1.0})  # no drift is small enough
     with caplog.at_level("WARNING", logger="captioner"):
-        fallen = build_encoder()
+        fallen = build_encoder(runtime="onnxruntime")
     assert fallen.runtime == "eager"
     [line] = [record.getMessage() for record in caplog.records]
     assert line.startswith("encoder runtime: eager PyTorch, not ONNX Runtime: ")
@@ -204,10 +211,11 @@ def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line
     assert torch.equal(fallen.encode(photos()), reference)
 
 
-def test_openvino_runs_the_cnn_in_bf16_where_the_cpu_has_it_and_gives_way_to_onnx_runtime(monkeypatch, caplog):
+def test_the_cpu_runs_the_cnn_through_openvino_by_default_in_bf16_where_it_has_it_else_onnx_runtime(
+        default_encoder, monkeypatch, caplog):
     import model.encoder
 
-    fast, reference = build_encoder(runtime="openvino"), build_encoder(runtime="eager").encode(photos())
+    fast, reference = default_encoder, build_encoder(runtime="eager").encode(photos())
     bf16 = torch.cpu._is_avx512_bf16_supported()
     assert fast.runtime == ("openvino-bf16" if bf16 else "openvino-fp32")
     drift = ((fast.encode(photos()) - reference).norm(dim=1) / reference.norm(dim=1)).max()
@@ -218,7 +226,7 @@ def test_openvino_runs_the_cnn_in_bf16_where_the_cpu_has_it_and_gives_way_to_onn
     # The process keeps its one OpenVINO Core (model.encoder._openvino_core): the package is "missing" there.
     monkeypatch.setattr(model.encoder, "_openvino_core", not_installed)
     with caplog.at_level("WARNING", logger="captioner"):
-        assert build_encoder(runtime="openvino").runtime == "onnxruntime"
+        assert build_encoder().runtime == "onnxruntime"
     [line] = [record.getMessage() for record in caplog.records]
     assert line.startswith("encoder runtime: ONNX Runtime, not OpenVINO: ModuleNotFoundError")
 

@@ -371,13 +371,14 @@ def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage):
     assert ("does not match its manifest" if damage == "flip" else "is missing") in message
 
 
-def test_the_eager_runtime_serves_the_same_caption_and_the_log_says_which_runs(served):
-    """CAPTIONER_ENCODER_RUNTIME=eager: PyTorch instead of ONNX Runtime for the CNN, the same captions."""
+def test_the_fp32_runtimes_serve_the_same_caption_and_the_log_says_which_runs(served):
+    """CAPTIONER_ENCODER_RUNTIME=eager and =onnxruntime: PyTorch and ONNX Runtime for the CNN instead of
+    OpenVINO, with the same fp32 features and so the same captions."""
     photo = encoded(Image.open(WEIGHTS.parent / "docs" / "examples" / "cameraman.jpg"), "JPEG")
-    with running_server(encoder_runtime="eager") as eager:
-        eager_captions, served_captions = post(eager.url, photo).json()["captions"], post(served.url, photo).json()["captions"]
-        assert [(c["text"], c["log_prob"]) for c in eager_captions] == [(c["text"], c["log_prob"]) for c in served_captions]
+    with running_server(encoder_runtime="eager") as eager, running_server(encoder_runtime="onnxruntime") as onnx:
+        eager_captions, onnx_captions = post(eager.url, photo).json()["captions"], post(onnx.url, photo).json()["captions"]
+        assert [(c["text"], c["log_prob"]) for c in eager_captions] == [(c["text"], c["log_prob"]) for c in onnx_captions]
         # The confidence reads the reranker's agreement, which reads v itself: 1e-6 apart between the runtimes.
-        assert [c["confidence"] for c in eager_captions] == pytest.approx([c["confidence"] for c in served_captions], abs=1e-4)
-        assert "CNN through eager" in eager.output()
-    assert "CNN through onnxruntime" in served.output()
+        assert [c["confidence"] for c in eager_captions] == pytest.approx([c["confidence"] for c in onnx_captions], abs=1e-4)
+        assert "CNN through eager" in eager.output() and "CNN through onnxruntime" in onnx.output()
+    assert "CNN through openvino-" in served.output()
