@@ -52,49 +52,61 @@ def beam_search(
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
     scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
-    history = torch.empty(B, K, 0, dtype=torch.long, device=device)  # [B, K, t]
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # [B, K]
+    # The words of each row and whether it has ended live in Python lists: a step's bookkeeping is a
+    # few list operations per beam instead of a dozen tensor operations of a few microseconds each.
+    histories: list[list[int]] = [[] for _ in range(B * K)]
+    finished = [False] * (B * K)
     only_end = torch.full((V,), float("-inf"), device=device)
     only_end[end_id] = 0.0
     banned = torch.zeros(V, device=device)  # [V], added to every step's log-probabilities
     banned[list(banned_ids)] = float("-inf")
     banned_first = banned.clone()
     banned_first[end_id] = float("-inf")  # a caption has at least one word
-    image_offset = torch.arange(B, device=device)[:, None] * K  # [B, 1]
 
     for t in range(max_length):
         # Every row runs, finished beams and the first step's K alike beams included: a step reads the
         # weights once whatever the rows, so selecting the live ones cost more than it saved.
         log_probs, state = decoder.step(tokens, state)  # [B*K, V]
         log_probs = log_probs + (banned_first if t == 0 else banned)
-        if block_ngram and history.size(2) >= block_ngram:
-            _block_repeats(log_probs.view(B, K, V), history, block_ngram)
-        log_probs = torch.where(finished.view(-1, 1), only_end, log_probs).view(B, K, V)
-        candidates = (scores[:, :, None] + log_probs).view(B, K * V)  # [B, K*V]
+        if block_ngram and t >= block_ngram:
+            rows, words = _repeats(histories, finished, block_ngram)
+            if rows:
+                log_probs[rows, words] = float("-inf")
+        if any(finished):
+            log_probs[[row for row, done in enumerate(finished) if done]] = only_end
+        candidates = (scores[:, :, None] + log_probs.view(B, K, V)).view(B, K * V)  # [B, K*V]
         scores, flat = candidates.topk(K, dim=1)  # [B, K]
-        parent, word = flat // V, flat % V  # [B, K]
-        history = torch.cat([history.gather(1, parent[:, :, None].expand_as(history)), word[:, :, None]], dim=2)
-        finished = finished.gather(1, parent) | (word == end_id)
-        rows = (parent + image_offset).view(-1)  # [B*K]
+        rows, words = [], []
+        for b, picks in enumerate(flat.tolist()):
+            for pick in picks:
+                parent, word = divmod(pick, V)
+                rows.append(b * K + parent)  # reordering stays inside each image
+                words.append(word)
+        histories = [histories[row] + [word] for row, word in zip(rows, words)]
+        finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
         h, c, image_gates = state
-        state = (h[rows], c[rows], image_gates)  # reordering stays inside each image: its gate term is unchanged
-        tokens = word.view(-1)
-        if finished.all():
+        index = torch.tensor(rows, device=device)
+        state = (h[index], c[index], image_gates)  # each image's gate term is the same for all its rows
+        tokens = torch.tensor(words, device=device)
+        if all(finished):
             break
 
-    return [
-        _best(history[b].tolist(), scores[b].tolist(), end_id, num_captions, length_penalty) for b in range(B)
-    ]
+    scores = scores.tolist()
+    return [_best(histories[b * K:(b + 1) * K], scores[b], end_id, num_captions, length_penalty) for b in range(B)]
 
 
-def _block_repeats(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
-    """log_probs [B, K, V] in place: -inf for each word that would end an n-gram the beam already holds (history [B, K, t])."""
-    windows = history.unfold(2, n, 1)  # [B, K, t-n+1, n]: every n-gram so far
-    same_start = (windows[..., :-1] == history[..., None, history.size(2) - n + 1:]).all(-1)  # [B, K, t-n+1]
-    # The word that completed each n-gram whose first n-1 words are the beam's last n-1 gets -inf;
-    # the minimum with +inf leaves the words of the other n-grams as they are.
-    blocked = torch.where(same_start, float("-inf"), float("inf"))  # [B, K, t-n+1]
-    log_probs.scatter_reduce_(2, windows[..., -1], blocked, reduce="amin")
+def _repeats(histories: list[list[int]], finished: list[bool], n: int) -> tuple[list[int], list[int]]:
+    """The (row, word) pairs where the word would end an n-gram that the row's unfinished sentence already holds."""
+    rows, words = [], []
+    for row, sentence in enumerate(histories):
+        if finished[row]:  # it may only add <end>, at no cost
+            continue
+        last = sentence[len(sentence) - n + 1:]  # the n-1 words a next word would follow
+        for start in range(len(sentence) - n + 1):
+            if sentence[start:start + n - 1] == last:
+                rows.append(row)
+                words.append(sentence[start + n - 1])
+    return rows, words
 
 
 def _best(
