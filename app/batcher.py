@@ -1,7 +1,9 @@
 """Dynamic batching: requests that arrive together share one CNN pass and one beam search.
 
-One inference thread does all model work, the loading and warm-up included, so the event loop
-never blocks and the CPU threads of torch are not oversubscribed (serving_threads). The loop
+One inference thread runs the CNN and the beam search, the loading and warm-up included, so the
+event loop never blocks and the CPU threads of torch are not oversubscribed (serving_threads);
+photos reach it preprocessed, by the threads that decoded them (routes), so that their resizing
+runs beside the models instead of in turn with them. The loop
 collects whatever is queued, waits up to max_wait for more (up to max_batch_size), runs the CNN
 once on all the images, then one batched beam search per distinct (decoding, num_captions) in the
 batch.
@@ -53,7 +55,7 @@ class Params:
 
 @dataclass
 class Job:
-    image: Image.Image
+    pixels: torch.Tensor  # [3, size, size]: the photo as the encoder's preprocess gave it
     params: Params
     future: asyncio.Future = field(repr=False)
 
@@ -105,9 +107,10 @@ class Batcher:
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, guarded)
 
-    async def submit(self, image: Image.Image, params: Params, timeout_s: float) -> Result:
-        """Raises Overloaded when the queue is full, asyncio.TimeoutError past timeout_s."""
-        job = Job(image, params, asyncio.get_running_loop().create_future())
+    async def submit(self, pixels: torch.Tensor, params: Params, timeout_s: float) -> Result:
+        """pixels: one photo, Captioner.encoder.preprocess's [3, size, size]. Raises Overloaded when the
+        queue is full, asyncio.TimeoutError past timeout_s."""
+        job = Job(pixels, params, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -153,7 +156,7 @@ class Batcher:
     def _infer(self, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
         self.metrics.batch_size.observe(len(batch))
         started = time.perf_counter()
-        features = self.captioner.encode([job.image for job in batch])  # [B, D]
+        features = self.captioner.encoder.encode_pixels(torch.stack([job.pixels for job in batch]))  # [B, D]
         encoded = time.perf_counter()
         self.metrics.stage_seconds.labels("cnn").observe(encoded - started)
         results: list = [None] * len(batch)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -89,11 +90,11 @@ async def create_captions(
         # A few at a time: decoding a 40-megapixel image briefly takes a few hundred MB, and the
         # threadpool would otherwise run 40 at once.
         async with request.app.state.decode_slots:
-            picture = await run_in_threadpool(decode_image, data, settings.max_pixels)
+            pixels = await run_in_threadpool(decode_and_preprocess, data, settings.max_pixels, captioner)
     except ImageRejected as rejected:
         raise HTTPException(rejected.status_code, rejected.detail) from None
     try:
-        result = await batcher.submit(picture, Params(decoding, num_captions), settings.request_timeout_s)
+        result = await batcher.submit(pixels, Params(decoding, num_captions), settings.request_timeout_s)
     except Overloaded:
         raise HTTPException(503, "too many requests queued; retry shortly", headers={"Retry-After": "1"}) from None
     except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
@@ -101,6 +102,11 @@ async def create_captions(
     request.state.batch_size = result.batch_size
     return caption_response(captioner, result.captions, result.confidences,
                             elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def decode_and_preprocess(data: bytes, max_pixels: int, captioner: Captioner) -> torch.Tensor:
+    """An upload -> the pixels the CNN takes, [3, size, size]; ImageRejected for what is no image."""
+    return captioner.encoder.preprocess([decode_image(data, max_pixels)])[0]
 
 
 def caption_response(captioner: Captioner, captions: list[tuple[str, float]], confidences: list[float] | None,

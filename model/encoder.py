@@ -139,10 +139,14 @@ class Encoder(nn.Module):
             return torch.from_numpy(self._session(pixels.float().contiguous().cpu().numpy()))
         return self.trunk(pixels)  # [B, 3, H, W] -> [B, D]
 
-    @torch.inference_mode()
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
-        device = next(self.parameters()).device
-        pixels = self.preprocess(images).to(device)
+        return self.encode_pixels(self.preprocess(images))  # [B, D]
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What preprocess gave, [B, 3, size, size] -> [B, D]: the service preprocesses each photo
+        where it decodes it, beside the inference thread, which runs only this."""
+        pixels = pixels.to(next(self.parameters()).device)
         if self._session is None:  # the other runtimes take NCHW as it comes; the eager convolutions run channels-last
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self(pixels).float()  # [B, D]
