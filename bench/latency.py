@@ -6,8 +6,9 @@
    time from one client, so batching cannot help: p50/p90/p99 over --requests after --warmup.
    The server's own CNN and beam-search histograms (/metrics) give its view of the same requests.
 2. In this process, times each stage the service runs, on the same image, --repeats times:
-   decode (app.images.decode_image), CNN (Captioner.encode), beam search (Captioner.describe),
-   serialisation (the pydantic response to JSON). What the end-to-end p50 has beyond the sum of
+   decode (app.images.decode_image), preprocess (Encoder.preprocess: resize and normalise, in the
+   server on the thread that decoded the photo), CNN (Encoder.encode_pixels), beam search
+   (Captioner.describe), serialisation (the pydantic response to JSON). What the end-to-end p50 has beyond the sum of
    the stage p50s is HTTP, multipart parsing, the batcher's wait for company, and thread hand-offs.
 3. The naive baseline (bench/naive.py: one image, eager fp32 NCHW CNN, a Python loop over the beams)
    on the same image after the same decode, --repeats times. Speed-up = naive / ours.
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in process: each stage and the naive baseline, {args.repeats} times ...", flush=True)
     captioner = in_process_captioner(args.weights)
     image = decode_image(jpeg, MAX_PIXELS)
-    features = captioner.encode([image])
+    pixels = captioner.encoder.preprocess([image])
+    features = captioner.encoder.encode_pixels(pixels)
     decoding = captioner.decoding.but(beam_size=args.beam_size)
     captions = captioner.describe(features, decoding)
     confidences = (captioner.confidences(features, captions) or [None])[0]
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),
-        "cnn": percentiles_ms(repeat_timed(lambda: captioner.encode([image]), args.repeats)),
+        "preprocess": percentiles_ms(repeat_timed(lambda: captioner.encoder.preprocess([image]), args.repeats)),
+        "cnn": percentiles_ms(repeat_timed(lambda: captioner.encoder.encode_pixels(pixels), args.repeats)),
         "beam_search": percentiles_ms(repeat_timed(lambda: captioner.describe(features, decoding), args.repeats)),
         "serialisation": percentiles_ms(repeat_timed(serialise, args.repeats)),
     }
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             ["ours, end to end over HTTP", *(end_to_end[q] for q in quantiles), server_mean_ms["request"]],
             ["  decode", *(stages["decode"][q] for q in quantiles), ""],
+            ["  preprocess (resize, normalise)", *(stages["preprocess"][q] for q in quantiles), ""],
             ["  CNN", *(stages["cnn"][q] for q in quantiles), server_mean_ms["cnn"]],
             ["  beam search", *(stages["beam_search"][q] for q in quantiles), server_mean_ms["beam_search"]],
             ["  serialisation", *(stages["serialisation"][q] for q in quantiles), ""],

@@ -28,7 +28,7 @@ def test_latency(tmp_path):
     results = run(latency, tmp_path, "--requests", "5", "--warmup", "1", "--repeats", "3")
     assert results["errors"] == 0
     assert set(results["end_to_end"]) == PERCENTILES == set(results["naive"])
-    assert set(results["stages"]) == {"decode", "cnn", "beam_search", "serialisation"}
+    assert set(results["stages"]) == {"decode", "preprocess", "cnn", "beam_search", "serialisation"}
     for percentiles in [results["end_to_end"], results["naive"], *results["stages"].values()]:
         assert_positive(percentiles)
     assert set(results["server_mean_ms"]) == {"request", "cnn", "beam_search"}
