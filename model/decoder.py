@@ -153,15 +153,12 @@ class Decoder(nn.Module):
         (bench/beam.py times the step in each precision)."""
         self.embed = nn.Embedding.from_pretrained(self.w_word(self.embed.weight))  # [V, 4H]
         self.w_word = nn.Identity()
-        if dtype == torch.int8:
-            self.float().eval().requires_grad_(False)
+        self.to(torch.float32 if dtype == torch.int8 else dtype).eval().requires_grad_(False)
+        on_onednn = self.out.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        layer = Int8Linear if dtype == torch.int8 else PackedLinear if dtype == torch.bfloat16 and on_onednn else None
+        if layer is not None:
             for name in ("w_hidden", "w_image", "out"):
-                setattr(self, name, Int8Linear(getattr(self, name)))
-            return self
-        self.to(dtype).eval().requires_grad_(False)
-        if dtype == torch.bfloat16 and self.out.weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-            for name in ("w_hidden", "w_image", "out"):
-                setattr(self, name, PackedLinear(getattr(self, name)))
+                setattr(self, name, layer(getattr(self, name)))
         return self
 
     @staticmethod
