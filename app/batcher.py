@@ -3,22 +3,23 @@
 One inference thread runs the CNN and the beam search, the loading and warm-up included, so the
 event loop never blocks and the CPU threads of torch are not oversubscribed (serving_threads);
 photos reach it preprocessed, by the threads that decoded them (routes), so that their resizing
-runs beside the models instead of in turn with them. The loop
-collects whatever is queued, waits up to max_wait for more (up to max_batch_size), runs the CNN
-once on all the images, then one batched beam search per distinct (decoding, num_captions) in the
-batch.
+runs beside the models instead of in turn with them. The thread takes its batches from a
+thread-safe queue itself: as soon as one batch is done it takes whatever has queued meanwhile,
+without waiting for the event loop, which may be busy with HTTP, to hand it the next. It waits
+up to max_wait for more (up to max_batch_size), runs the CNN once on all the images, then one
+batched beam search per distinct (decoding, num_captions) in the batch, and hands the results
+back to the event loop.
 The wait is skipped while requests come one at a time (the last batch held one): a lone client
 would pay the whole window on every request and gain nothing.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -28,7 +29,6 @@ from model.captioner import Captioner
 from model.options import Decoding
 
 
-T = TypeVar("T")
 WARM_UP_IMAGE_SIZE = (320, 240)
 
 
@@ -72,40 +72,27 @@ class Batcher:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_limit)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_limit)  # None: stop
         self.captioner: Captioner | None = None
-        self.task: asyncio.Task | None = None
+        self.stopping = threading.Event()
 
     async def start(self, load: Callable[[], Captioner]) -> Captioner:
         """Load the model and run one warm-up caption on the inference thread, then take requests.
 
         Loading on the thread that will run the model is measurably faster on CPU: loaded on another
         thread, the CNN took 38 ms instead of 21 ms a batch of one in the server."""
-
-        def load_and_warm_up() -> Captioner:
-            captioner = load()
-            serving_threads(captioner)
-            captioner.caption([Image.new("RGB", WARM_UP_IMAGE_SIZE, "gray")])
-            return captioner
-
-        self.captioner = await self._on_inference_thread(load_and_warm_up)
-        self.task = asyncio.create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        loaded = loop.create_future()
+        threading.Thread(target=self._run, args=(load, loop, loaded), name="inference", daemon=True).start()
+        self.captioner = await loaded
         return self.captioner
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _on_inference_thread(self, work: Callable[[], T]) -> T:
-        def guarded() -> T:
-            try:
-                return work()
-            except StopIteration as error:  # an asyncio future cannot carry it: the await would never end
-                raise RuntimeError(f"StopIteration raised in model code: {error!r}") from error
-
-        return await asyncio.get_running_loop().run_in_executor(self.executor, guarded)
+        self.stopping.set()
+        try:
+            self.queue.put_nowait(None)  # wakes the thread if it waits for work
+        except queue.Full:  # it is busy and sees stopping after this batch
+            pass
 
     async def submit(self, pixels: torch.Tensor, params: Params, timeout_s: float) -> Result:
         """pixels: one photo, Captioner.encoder.preprocess's [3, size, size]. Raises Overloaded when the
@@ -113,45 +100,49 @@ class Batcher:
         job = Job(pixels, params, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(job)
-        except asyncio.QueueFull:
+        except queue.Full:
             raise Overloaded from None
         self.metrics.queue_depth.set(self.queue.qsize())
         return await asyncio.wait_for(job.future, timeout_s)
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self, load: Callable[[], Captioner], loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
+        """The inference thread: load and warm up, then serve batches until stop."""
+        try:
+            captioner = load()
+            serving_threads(captioner)
+            captioner.caption([Image.new("RGB", WARM_UP_IMAGE_SIZE, "gray")])
+        except Exception as error:
+            _settle(loop, loaded, error=_passable(error))
+            return
+        self.captioner = captioner
+        _settle(loop, loaded, captioner)
         requests_come_together = False
-        while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + (self.max_wait_s if requests_come_together else 0)
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self.queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-            self.metrics.queue_depth.set(self.queue.qsize())
+        while not self.stopping.is_set():
+            batch = self._next_batch(wait_s=self.max_wait_s if requests_come_together else 0)
             requests_come_together = len(batch) > 1
             batch = [job for job in batch if not job.future.done()]  # their clients gave up (timeout)
             if not batch:
                 continue
             try:
-                results = await self._on_inference_thread(functools.partial(self._infer, batch))
+                results = self._infer(batch)
             except Exception as error:  # a model failure answers its own requests, the service keeps going
                 for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
+                    _settle(loop, job.future, error=_passable(error))
                 continue
             for job, (captions, confidences) in zip(batch, results):
-                if not job.future.done():
-                    job.future.set_result(Result(captions, confidences, len(batch)))
+                _settle(loop, job.future, Result(captions, confidences, len(batch)))
+
+    def _next_batch(self, wait_s: float) -> list[Job]:
+        """The next job, whenever it comes, then whatever follows it within wait_s, up to max_batch_size."""
+        batch = [self.queue.get()]
+        deadline = time.monotonic() + wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)) if wait_s else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        self.metrics.queue_depth.set(self.queue.qsize())
+        return [job for job in batch if job is not None]
 
     def _infer(self, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
         self.metrics.batch_size.observe(len(batch))
@@ -168,3 +159,29 @@ class Batcher:
                 results[row] = (per_image, confidence)
         self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
         return results
+
+
+def _passable(error: Exception) -> Exception:
+    """An asyncio future cannot carry StopIteration: the await would never end."""
+    if isinstance(error, StopIteration):
+        return RuntimeError(f"StopIteration raised in model code: {error!r}")
+    return error
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, result: object = None, *,
+            error: Exception | None = None) -> None:
+    """From the inference thread: set the future's result or error on its event loop, unless its
+    awaiter has given up (timeout, cancellation) or the loop has closed (shutdown)."""
+
+    def settle() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the event loop is closed: nobody is waiting any more
+        pass
