@@ -4,9 +4,9 @@
 
 For one image at the weights' beam size (the rows a step runs, as in the service), with the
 decoder's matmuls in each precision the service can run them in (CAPTIONER_DECODER_PRECISION):
-int8 (the default on a CPU), bf16 and fp32. A whole step (model.decoder.Decoder.step), its two
-matmuls alone (the recurrent W_h h, [beams, H] x [H, 4H], and the output layer, [beams, H] x [H, V]),
-and the weight bytes each step reads. Then whole captions: beam search on the features of each
+int8, bf16 (the default where the CPU multiplies in bf16) and fp32. A whole step
+(model.decoder.Decoder.step), its one matmul alone (the recurrent W_h h and the output layer
+stacked, [beams, H] x [H, 4H + V]), and the weight bytes each step reads. Then whole captions: beam search on the features of each
 of --photos (model.captioner.describe, as the service), median ms per caption and the mean words
 per caption (a caption of n words takes at least n + 1 steps).
 """
@@ -50,24 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             state = tuple(part.float().repeat_interleave(beams, 0) for part in decoder.start(features))
         tokens = torch.arange(beams) + vocab.unk_id + 1
-        h = state[0].to(decoder.matmul_dtype)
+        h = torch.zeros(beams, decoder.config.hidden_dim, dtype=decoder.matmul_dtype)
         parts = {
             "step": median_us(lambda: decoder.step(tokens, state), args.repeats),
-            "W_h h": median_us(lambda: decoder.w_hidden(h), args.repeats),
-            "output layer": median_us(lambda: decoder.out(h), args.repeats),
+            "matmul": median_us(lambda: decoder.w_hidden_and_out(h), args.repeats),
         }
-        weight_bytes = sum(weight.numel() * weight.element_size() for weight in
-                           (m.weight() if callable(m.weight) else m.weight for m in (decoder.w_hidden, decoder.out)))
+        weight = decoder.w_hidden_and_out.weight
+        weight_bytes = weight.numel() * weight.element_size()
         caption_ms = statistics.median(
             seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding, reranker=reranker), 10)
         ) * 1e3
         words = statistics.mean(len(best[0][0].split()) for best in describe(decoder, vocab, all_features, decoding, reranker=reranker))
         results["parts_us"][name] = {**parts, "weight_bytes_per_step": weight_bytes, "caption_ms": caption_ms,
                                      "words_per_caption": words}
-        rows.append([name, parts["step"], parts["W_h h"], parts["output layer"],
-                     parts["step"] - parts["W_h h"] - parts["output layer"], f"{weight_bytes / 2**20:.2f}", caption_ms, words])
+        rows.append([name, parts["step"], parts["matmul"], parts["step"] - parts["matmul"], f"{weight_bytes / 2**20:.2f}",
+                     caption_ms, words])
     print_table(f"beam search step, {beams} beams, {len(vocab)} words, {torch.get_num_threads()} threads (us)",
-                ["weights", "step", "W_h h", "output layer", "rest of step", "weight MiB/step", "caption ms", "words"], rows)
+                ["weights", "step", "W_h h and output layer", "rest of step", "weight MiB/step", "caption ms", "words"], rows)
     write_json(args.json, results)
     return 0
 

@@ -84,9 +84,9 @@ def beam_search(
                 words.append(word)
         histories = [histories[row] + [word] for row, word in zip(rows, words)]
         finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
-        h, c, image_gates = state
+        recurrent, c, image_gates = state
         index = torch.tensor(rows, device=device)
-        state = (h[index], c[index], image_gates)  # each image's gate term is the same for all its rows
+        state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
         tokens = torch.tensor(words, device=device)
         if all(finished):
             break

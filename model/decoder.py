@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # h [N, H], c [N, H], W_ih v + b [N, 4H]
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # W_h h [N, 4H], c [N, H], W_ih v + b [N, 4H]
 MATMUL_DTYPES = {"int8": torch.int8, "bf16": torch.bfloat16, "fp32": torch.float32}  # what for_inference takes, by name
 
 
@@ -50,6 +50,7 @@ class Decoder(nn.Module):
         self.w_image = nn.Linear(D, 4 * H)  # W_ih and b
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(H, V)
+        self.w_hidden_and_out: nn.Module | None = None  # for_inference: W_h and the output layer as one layer
         with torch.no_grad():  # forget-gate bias 1: remember by default early in training
             self.w_image.bias[H : 2 * H].fill_(1.0)
 
@@ -75,27 +76,45 @@ class Decoder(nn.Module):
     def hidden_states(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """features [B, D], tokens [B, T] -> h_1 .. h_{T-1} [B, T-1, H], the states that predict tokens[:, 1:]."""
         word_gates = self.w_word(self.dropout(self.embed(tokens[:, :-1])))  # [B, T-1, 4H]
-        h, c, image_gates = self.start(self.dropout(features))
+        recurrent, c, image_gates = self.start(self.dropout(features))
         hidden = []
         for t in range(word_gates.size(1)):
-            h, c = self._cell(word_gates[:, t] + self.w_hidden(h) + image_gates, c)
+            h, c = self._cell(word_gates[:, t] + recurrent + image_gates, c)
             hidden.append(h)
+            recurrent = self.w_hidden(h)
         return torch.stack(hidden, dim=1)
 
     def start(self, features: torch.Tensor) -> State:
-        """features [N, D] -> the zero state and the per-image gate term W_ih v + b [N, 4H]."""
-        zeros = features.new_zeros(features.size(0), self.config.hidden_dim)  # [N, H]
-        return zeros, zeros, self.w_image(features.to(self.matmul_dtype))
+        """features [N, D] -> the zero state (W_h h_0 = 0 and c_0 = 0) and the per-image gate term W_ih v + b [N, 4H].
+
+        The state carries W_h h rather than h: beam search reorders the rows between steps, and the
+        matmul of a row does not depend on its place, so W_h h can be computed before the reordering,
+        in one matmul with the output layer (_recurrent_and_logits)."""
+        N, H = features.size(0), self.config.hidden_dim
+        return features.new_zeros(N, 4 * H), features.new_zeros(N, H), self.w_image(features.to(self.matmul_dtype))
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One word for each of N sentences: tokens [N] -> next-word log-probabilities [N, V], new state.
-        The matmuls run in the weights' dtype; the state, the cell and the log-probabilities in fp32.
+        The matmuls run in the weights' dtype; the cell and the log-probabilities in fp32.
         In training mode the dropout falls where teacher forcing has it (self-critical training)."""
-        h, c, image_gates = state
-        dtype = self.matmul_dtype
-        gates = image_gates.float() + self.w_word(self.dropout(self.embed(tokens))) + self.w_hidden(h.to(dtype))  # [N, 4H]
+        recurrent, c, image_gates = state
+        gates = image_gates.float() + self.w_word(self.dropout(self.embed(tokens))) + recurrent  # [N, 4H]
         h, c = self._cell(gates, c)
-        return F.log_softmax(self.out(self.dropout(h).to(dtype)).float(), dim=-1), (h, c, image_gates)
+        recurrent, logits = self._recurrent_and_logits(h)
+        return F.log_softmax(logits.float(), dim=-1), (recurrent, c, image_gates)
+
+    def _recurrent_and_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [N, H] -> W_h h [N, 4H] for the next step, and the output layer's logits [N, V].
+
+        Frozen for inference, both are one matmul over the two weights stacked: a step of beam search
+        costs what reading them costs, and read in one pass instead of two a bf16 step took about a
+        fifth less on one Xeon core (bench/beam.py). In training the output layer sees h through
+        dropout, W_h does not."""
+        h = h.to(self.matmul_dtype)
+        if self.w_hidden_and_out is None:
+            return self.w_hidden(h), self.out(self.dropout(h))
+        both = self.w_hidden_and_out(h)  # [N, 4H + V]
+        return both[:, : 4 * self.config.hidden_dim], both[:, 4 * self.config.hidden_dim :]
 
     def sample(
         self, features: torch.Tensor, start_id: int, end_id: int, banned_ids: list[int], max_length: int, greedy: bool
@@ -133,7 +152,7 @@ class Decoder(nn.Module):
     @property
     def precision(self) -> str:
         """What the matmuls run in: a name of MATMUL_DTYPES."""
-        dtype = self.out.weight.dtype
+        dtype = self.w_image.weight.dtype
         return next(name for name, known in MATMUL_DTYPES.items() if known == dtype)
 
     @property
@@ -145,19 +164,26 @@ class Decoder(nn.Module):
     @torch.no_grad()
     def for_inference(self, dtype: torch.dtype = torch.float32) -> Decoder:
         """Frozen for decoding only, in place: W_x folded into the word table, so each step looks up
-        a row of W_x E [V, 4H] instead of running a matmul, and the weights cast to `dtype`.
-        torch.int8 makes W_h, W_ih and the output layer Int8Linear layers, the rest fp32; bf16 on a
-        CPU makes them PackedLinear layers.
+        a row of W_x E [V, 4H] instead of running a matmul; W_h stacked on the output layer
+        (w_hidden_and_out), so each step runs one matmul; and the weights cast to `dtype`.
+        torch.int8 makes W_ih and the stacked layer Int8Linear layers, the rest fp32; bf16 on a CPU
+        makes them PackedLinear layers.
 
         A step of beam search multiplies a few rows by the weights, so its cost is reading them
         (bench/beam.py times the step in each precision)."""
         self.embed = nn.Embedding.from_pretrained(self.w_word(self.embed.weight))  # [V, 4H]
         self.w_word = nn.Identity()
+        stacked = nn.Linear(self.config.hidden_dim, self.w_hidden.out_features + self.out.out_features,
+                            device=self.out.weight.device)
+        stacked.weight.copy_(torch.cat([self.w_hidden.weight, self.out.weight]))  # [4H + V, H]
+        stacked.bias.copy_(torch.cat([self.w_hidden.weight.new_zeros(self.w_hidden.out_features), self.out.bias]))
+        del self.w_hidden, self.out
+        self.w_hidden_and_out = stacked
         self.to(torch.float32 if dtype == torch.int8 else dtype).eval().requires_grad_(False)
-        on_onednn = self.out.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        on_onednn = stacked.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
         layer = Int8Linear if dtype == torch.int8 else PackedLinear if dtype == torch.bfloat16 and on_onednn else None
         if layer is not None:
-            for name in ("w_hidden", "w_image", "out"):
+            for name in ("w_hidden_and_out", "w_image"):
                 setattr(self, name, layer(getattr(self, name)))
         return self
 

@@ -106,24 +106,25 @@ def stepwise_log_probs(decoder, features, tokens):
     return torch.stack(out, dim=1), state  # [B, T, V]
 
 
-def test_for_inference_folds_w_x_into_the_word_table_without_changing_the_model():
+def test_for_inference_folds_w_x_into_the_word_table_and_stacks_w_h_on_the_output_layer_without_changing_the_model():
     decoder = tiny_decoder()
     features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
     expected, _ = stepwise_log_probs(decoder, features, tokens)
     folded = copy.deepcopy(decoder).for_inference(torch.float32)
     assert isinstance(folded.w_word, torch.nn.Identity) and folded.embed.weight.shape == (9, 4 * 5)
+    assert folded.w_hidden_and_out.weight.shape == (4 * 5 + 9, 5) and not hasattr(folded, "out")
     assert not any(p.requires_grad for p in folded.parameters())
     assert torch.allclose(stepwise_log_probs(folded, features, tokens)[0], expected, atol=1e-6)
 
 
-def test_bf16_inference_keeps_the_state_and_the_log_probs_in_fp32():
+def test_bf16_inference_keeps_the_cell_and_the_log_probs_in_fp32():
     decoder = tiny_decoder()
     features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
     expected, _ = stepwise_log_probs(decoder, features, tokens)
     bf16 = copy.deepcopy(decoder).for_inference(torch.bfloat16)
-    assert bf16.w_hidden.weight.dtype == torch.bfloat16
-    log_probs, (h, c, _) = stepwise_log_probs(bf16, features, tokens)
-    assert log_probs.dtype == h.dtype == c.dtype == torch.float32
+    assert bf16.w_hidden_and_out.weight.dtype == torch.bfloat16
+    log_probs, (recurrent, c, _) = stepwise_log_probs(bf16, features, tokens)
+    assert log_probs.dtype == c.dtype == torch.float32 and recurrent.dtype == torch.bfloat16  # W_h h, as the matmul gave it
     assert torch.allclose(log_probs, expected, atol=0.05)
     assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in bf16
 
@@ -134,10 +135,10 @@ def test_int8_inference_quantizes_the_matmuls_and_keeps_the_rest_in_fp32():
     expected, _ = stepwise_log_probs(decoder, features, tokens)
     int8 = copy.deepcopy(decoder).for_inference(torch.int8)
     assert int8.precision == "int8" and decoder.precision == "fp32"
-    assert all(isinstance(layer, Int8Linear) for layer in (int8.w_hidden, int8.w_image, int8.out))
+    assert all(isinstance(layer, Int8Linear) for layer in (int8.w_hidden_and_out, int8.w_image))
     assert int8.embed.weight.dtype == torch.float32  # a row lookup: nothing to gain from int8
-    log_probs, (h, c, _) = stepwise_log_probs(int8, features, tokens)
-    assert log_probs.dtype == h.dtype == c.dtype == torch.float32
+    log_probs, (recurrent, c, _) = stepwise_log_probs(int8, features, tokens)
+    assert log_probs.dtype == recurrent.dtype == c.dtype == torch.float32
     assert torch.allclose(log_probs, expected, atol=0.05)
     assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in int8
 
@@ -158,7 +159,7 @@ def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 def test_bf16_inference_on_the_cpu_packs_the_matmuls_for_onednn():
     bf16 = tiny_decoder().for_inference(torch.bfloat16)
-    assert all(isinstance(layer, PackedLinear) for layer in (bf16.w_hidden, bf16.w_image, bf16.out))
+    assert all(isinstance(layer, PackedLinear) for layer in (bf16.w_hidden_and_out, bf16.w_image))
     assert bf16.precision == "bf16"
 
 
