@@ -45,12 +45,12 @@ class Ensemble(nn.Module):
         self.hidden_sizes = [decoder.config.hidden_dim for decoder in decoders]
 
     def start(self, features: torch.Tensor) -> tuple:
-        """features [N, D] -> h [N, sum H], c [N, sum H], gate terms [N, sum 4H]."""
+        """features [N, D] -> W_h h [N, sum 4H], c [N, sum H], gate terms [N, sum 4H]."""
         return tuple(torch.cat(parts, 1) for parts in zip(*(decoder.start(features) for decoder in self.members)))
 
     def step(self, tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        h, c, gates = (part.split([width * size for size in self.hidden_sizes], 1) for part, width in zip(state, (1, 1, 4)))
-        outputs = [decoder.step(tokens, member) for decoder, member in zip(self.members, zip(h, c, gates))]
+        recurrent, c, gates = (part.split([width * size for size in self.hidden_sizes], 1) for part, width in zip(state, (4, 1, 4)))
+        outputs = [decoder.step(tokens, member) for decoder, member in zip(self.members, zip(recurrent, c, gates))]
         log_probs = torch.stack([lp for lp, _ in outputs]).logsumexp(0) - math.log(len(outputs))  # [N, V]: mean probability
         return log_probs, tuple(torch.cat(parts, 1) for parts in zip(*(member for _, member in outputs)))
 
