@@ -73,7 +73,6 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_limit)  # None: stop
-        self.captioner: Captioner | None = None
         self.stopping = threading.Event()
 
     async def start(self, load: Callable[[], Captioner]) -> Captioner:
@@ -84,8 +83,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         loaded = loop.create_future()
         threading.Thread(target=self._run, args=(load, loop, loaded), name="inference", daemon=True).start()
-        self.captioner = await loaded
-        return self.captioner
+        return await loaded
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -114,7 +112,6 @@ class Batcher:
         except Exception as error:
             _settle(loop, loaded, error=_passable(error))
             return
-        self.captioner = captioner
         _settle(loop, loaded, captioner)
         requests_come_together = False
         while not self.stopping.is_set():
@@ -124,7 +121,7 @@ class Batcher:
             if not batch:
                 continue
             try:
-                results = self._infer(batch)
+                results = self._infer(captioner, batch)
             except Exception as error:  # a model failure answers its own requests, the service keeps going
                 for job in batch:
                     _settle(loop, job.future, error=_passable(error))
@@ -137,24 +134,24 @@ class Batcher:
         batch = [self.queue.get()]
         deadline = time.monotonic() + wait_s
         while len(batch) < self.max_batch_size:
-            try:
-                batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)) if wait_s else self.queue.get_nowait())
+            try:  # a timeout of 0 takes only what is already queued
+                batch.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
             except queue.Empty:
                 break
         self.metrics.queue_depth.set(self.queue.qsize())
         return [job for job in batch if job is not None]
 
-    def _infer(self, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
+    def _infer(self, captioner: Captioner, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
         self.metrics.batch_size.observe(len(batch))
         started = time.perf_counter()
-        features = self.captioner.encoder.encode_pixels(torch.stack([job.pixels for job in batch]))  # [B, D]
+        features = captioner.encoder.encode_pixels(torch.stack([job.pixels for job in batch]))  # [B, D]
         encoded = time.perf_counter()
         self.metrics.stage_seconds.labels("cnn").observe(encoded - started)
         results: list = [None] * len(batch)
         for params in {job.params for job in batch}:
             rows = [i for i, job in enumerate(batch) if job.params == params]
-            captions = self.captioner.describe(features[rows], params.decoding, params.num_captions)
-            confidences = self.captioner.confidences(features[rows], captions) or [None] * len(rows)
+            captions = captioner.describe(features[rows], params.decoding, params.num_captions)
+            confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
             for row, per_image, confidence in zip(rows, captions, confidences):
                 results[row] = (per_image, confidence)
         self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
