@@ -13,7 +13,7 @@ class Settings(BaseSettings):
 
     weights_dir: Path = Path("weights")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    decoder_precision: Literal["auto", "int8", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware has it
+    decoder_precision: Literal["auto", "int8", "bf16", "fp32"] = "auto"  # auto: int8 on a CPU, bf16 on a GPU that has it
     encoder_runtime: Literal["auto", "onnxruntime", "openvino", "eager"] = "auto"  # auto: OpenVINO on the CPU, else ONNX Runtime
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)

@@ -1,6 +1,7 @@
 """Captioner: encoder + decoder + vocabulary behind one call, shared by the service and the scripts."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from model.options import Decoding
 from model.vocab import Vocab, tokenize
 from model.weights import WeightsError, load_reranker, load_weights
 
+logger = logging.getLogger("captioner")
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
 
 
@@ -25,16 +27,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """"auto" is bf16 where the hardware multiplies in it (AVX512-BF16 CPUs, Ampere and later GPUs):
-    elsewhere bf16 matmuls are emulated and slower than fp32. int8 (Int8Linear) is asked for by name
-    and runs on the CPU only: its beam search is about 20% faster than bf16's, but its dev CIDEr is
-    1.3% lower, outside the 1% that the CNN's runtime is held to (bench README)."""
+    """"auto" is int8 on a CPU (weights in int8, multiplied in fp32 by OpenVINO: the fastest beam
+    search there, dev CIDEr within 1% of fp32's, bench README); on a GPU bf16 where it multiplies
+    in it (Ampere and later), else fp32. native_precision is what a CPU falls back to."""
     if precision == "int8" and device.type != "cpu":
         raise ValueError(f"int8 decoder weights run on the CPU only, not on {device}: use bf16 or fp32")
     if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
-        precision = "bf16" if native else "fp32"
+        return torch.int8 if device.type == "cpu" else native_precision(device)
     return MATMUL_DTYPES[precision]
+
+
+def native_precision(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware multiplies in it (AVX512-BF16 CPUs, Ampere and later GPUs): elsewhere
+    bf16 matmuls are emulated and slower than fp32."""
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if native else torch.float32
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,
@@ -87,15 +94,25 @@ class Captioner:
         cls, directory: str | Path = "weights", device: str | torch.device = "auto", precision: str = "auto",
         runtime: str = "auto",
     ) -> Captioner:
-        """The decoder's matmuls run in `precision` (auto, bf16 or fp32); the CNN runs in fp32, as
-        it did when the training features were cached, through `runtime` (model.encoder.use_runtime)."""
+        """The decoder's matmuls run in `precision` (auto, int8, bf16 or fp32: resolve_precision);
+        int8 that OpenVINO cannot build gives way to the native precision with one log line. The CNN
+        runs in fp32, as it did when the training features were cached, through `runtime`
+        (model.encoder.use_runtime)."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
         reranker = load_reranker(directory, manifest)
         encoder = manifest.get("encoder", {})
         if not encoder.get("name") or not encoder.get("pooling"):
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
-        decoder = decoder.to(device).for_inference(resolve_precision(precision, device))
+        decoder = decoder.to(device)
+        dtype = resolve_precision(precision, device)
+        try:
+            decoder.for_inference(dtype)
+        except Exception as error:  # int8's OpenVINO missing or failing: it raised before changing the decoder
+            if dtype != torch.int8:
+                raise
+            decoder.for_inference(native_precision(device))
+            logger.warning("decoder precision: %s, not int8: %s: %s", decoder.precision, type(error).__name__, error)
         return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest, reranker)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:

@@ -352,7 +352,7 @@ def onnx_session(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], str]
 
 
 @functools.cache
-def _openvino_core():
+def openvino_core():
     """One OpenVINO Core for the process: a second one, queried, makes the process crash later
     (seen here on the next subprocess it started; ultralytics/ultralytics#25864 found the same)."""
     import openvino
@@ -363,7 +363,7 @@ def _openvino_core():
 def openvino_session(model: bytes, precision: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """OpenVINO's CPU plugin on the exported model, as a function of the pixels, and its precision:
     bf16 or fp32 as asked, or bf16 where the CPU multiplies in it."""
-    core = _openvino_core()
+    core = openvino_core()
     precision = precision or ("bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32")
     compiled = core.compile_model(core.read_model(model=model), "CPU", {
         "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision], "PERFORMANCE_HINT": "LATENCY",

@@ -8,7 +8,7 @@ DEFAULT_ENCODER = "efficientnet-lite0"
 POOLINGS = ("head-mean", "grids", "head-mean+grids")  # how the CNN becomes v (model.encoder)
 DEFAULT_POOLING = "head-mean"
 RUNTIMES = ("auto", "onnxruntime", "openvino", "eager")  # what runs the CNN (model.encoder.use_runtime); auto: OpenVINO on the CPU, else ONNX Runtime
-PRECISIONS = ("auto", "int8", "bf16", "fp32")  # the decoder's matmuls (model.captioner.resolve_precision); auto: bf16 where native, else fp32
+PRECISIONS = ("auto", "int8", "bf16", "fp32")  # the decoder's matmuls (model.captioner.resolve_precision); auto: int8 on a CPU, else bf16 where native, else fp32
 VIEWS = ("plain", "flip", "zoom", "zoom-flip")  # how a training photo is seen before the CNN (model.features)
 
 

@@ -6,7 +6,7 @@ import torch
 
 import torch.nn.functional as F
 
-from model.decoder import Decoder, DecoderConfig, Int8Linear, PackedLinear
+from model.decoder import Decoder, DecoderConfig, OpenVINOInt8Linear, PackedLinear
 
 PAD, START, END = 0, 1, 2
 
@@ -135,7 +135,7 @@ def test_int8_inference_quantizes_the_matmuls_and_keeps_the_rest_in_fp32():
     expected, _ = stepwise_log_probs(decoder, features, tokens)
     int8 = copy.deepcopy(decoder).for_inference(torch.int8)
     assert int8.precision == "int8" and decoder.precision == "fp32"
-    assert all(isinstance(layer, Int8Linear) for layer in (int8.w_hidden_and_out, int8.w_image))
+    assert all(isinstance(layer, OpenVINOInt8Linear) for layer in (int8.w_hidden_and_out, int8.w_image))
     assert int8.embed.weight.dtype == torch.float32  # a row lookup: nothing to gain from int8
     log_probs, (recurrent, c, _) = stepwise_log_probs(int8, features, tokens)
     assert log_probs.dtype == recurrent.dtype == c.dtype == torch.float32
@@ -146,14 +146,33 @@ def test_int8_inference_quantizes_the_matmuls_and_keeps_the_rest_in_fp32():
 def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside_it():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96)
-    int8 = Int8Linear(linear)
+    int8 = OpenVINOInt8Linear(linear)
+    assert int8.weight.dtype == torch.int8 and int8.weight.shape == linear.weight.shape
     rows = torch.randn(7, 64) * torch.logspace(-2, 1, 7)[:, None]  # rows of very different sizes
     with torch.no_grad():
         expected = linear(rows)
     batched = int8(rows)
     assert ((batched - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.02
-    # One scale for the whole batch (torch.ao's dynamic quantization) would let the large rows coarsen the small ones.
+    assert not torch.allclose(batched, expected, atol=1e-6)  # the weights were rounded to int8
+    # The kernel OpenVINO picks depends on the number of rows; a row's numbers must not.
     assert all(torch.equal(int8(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
+    first = batched.clone()
+    int8(torch.randn(3, 64))
+    assert torch.equal(batched, first)  # the output is the caller's, not the request's buffer
+
+
+def test_int8_that_openvino_cannot_build_raises_before_changing_the_decoder(monkeypatch):
+    import model.encoder
+
+    def not_installed():
+        raise ModuleNotFoundError("No module named 'openvino'")
+
+    monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
+    decoder = tiny_decoder()
+    with pytest.raises(ModuleNotFoundError):
+        decoder.for_inference(torch.int8)
+    assert decoder.precision == "fp32" and decoder.w_hidden_and_out is None and isinstance(decoder.w_word, torch.nn.Linear)
+    assert decoder.for_inference(torch.float32).precision == "fp32"  # and it can still be frozen
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
@@ -176,11 +195,11 @@ def test_packed_linear_gives_f_linears_bf16_numbers_and_a_row_never_depends_on_t
     assert all(torch.equal(packed(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
 
 
-def test_int8_is_asked_for_by_name_and_refused_on_a_gpu():
+def test_int8_is_the_default_on_a_cpu_and_refused_on_a_gpu():
     from model.captioner import resolve_precision
 
-    assert resolve_precision("auto", torch.device("cpu")) in (torch.bfloat16, torch.float32)
-    assert resolve_precision("int8", torch.device("cpu")) == torch.int8
+    assert resolve_precision("auto", torch.device("cpu")) == torch.int8
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="CPU only"):
         resolve_precision("int8", torch.device("cuda"))
 

@@ -223,8 +223,8 @@ def test_the_cpu_runs_the_cnn_through_openvino_by_default_in_bf16_where_it_has_i
     def not_installed():
         raise ModuleNotFoundError("No module named 'openvino'")
 
-    # The process keeps its one OpenVINO Core (model.encoder._openvino_core): the package is "missing" there.
-    monkeypatch.setattr(model.encoder, "_openvino_core", not_installed)
+    # The process keeps its one OpenVINO Core (model.encoder.openvino_core): the package is "missing" there.
+    monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
     with caplog.at_level("WARNING", logger="captioner"):
         assert build_encoder().runtime == "onnxruntime"
     [line] = [record.getMessage() for record in caplog.records]

@@ -103,6 +103,25 @@ def test_the_decoder_runs_in_the_precision_asked_for(weights_dir, precision):
     assert text and log_prob < 0
 
 
+def test_a_cpu_decodes_in_int8_by_default_and_without_openvino_in_its_native_precision(weights_dir, monkeypatch, caplog):
+    import model.encoder
+
+    assert Captioner.load(weights_dir, "cpu").decoder.precision == "int8"
+
+    def not_installed():
+        raise ModuleNotFoundError("No module named 'openvino'")
+
+    monkeypatch.setattr(model.encoder, "openvino_core", not_installed)  # the process's one Core: "missing" there
+    with caplog.at_level("WARNING", logger="captioner"):
+        captioner = Captioner.load(weights_dir, "cpu")
+    native = "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+    assert captioner.decoder.precision == native
+    [line] = [record.getMessage() for record in caplog.records if record.getMessage().startswith("decoder")]
+    assert line.startswith(f"decoder precision: {native}, not int8: ModuleNotFoundError")
+    [[(text, _)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], Decoding(beam_size=2, max_length=6))
+    assert text
+
+
 @pytest.fixture(scope="module")
 def reranked_dir(weights_dir, tmp_path_factory):
     """weights_dir with a consensus reranker fitted on random features, serving with it."""
