@@ -34,11 +34,12 @@ WARM_UP_IMAGE_SIZE = (320, 240)
 
 def serving_threads(captioner: Captioner) -> None:
     """With the CNN on OpenVINO's (or ONNX Runtime's) own threads (all cores), torch's threads are
-    left only the beam search. A second one speeds its matmuls up (a step 0.27 ms instead of 0.41),
-    but it spins on the other core between them, where decoding, HTTP and the CNN's threads need it:
-    in the server, one image at a time, beam 3, it bought 1.3 ms of a 25 ms request for 50% more CPU
-    time per request (bench README). The eager CNN (a GPU, or no other runtime available) keeps
-    torch's threads."""
+    left only the beam search. A second one speeds its bf16 matmuls up (a step 0.27 ms instead of
+    0.41), but it spins on the other core between them, where decoding, HTTP and the CNN's threads
+    need it: in the server, one image at a time, beam 3, it bought 1.3 ms of a 25 ms request for 50%
+    more CPU time per request (bench README). The int8 matmuls (the default on a CPU) are OpenVINO's
+    and were built with all cores, before this. The eager CNN (a GPU, or no other runtime available)
+    keeps torch's threads."""
     if captioner.encoder.runtime != "eager":
         torch.set_num_threads(1)
 
