@@ -4,12 +4,11 @@
 
 For one image at the weights' beam size (the rows a step runs, as in the service), with the
 decoder's matmuls in each precision the service can run them in (CAPTIONER_DECODER_PRECISION):
-int8, bf16 (the default where the CPU multiplies in bf16) and fp32. A whole step
-(model.decoder.Decoder.step), its one matmul alone (the recurrent W_h h and the output layer
-stacked, [beams, H] x [H, 4H + V]), and the weight bytes each step reads. Then whole captions:
-beam search on the features of each of --photos (model.captioner.describe, as the service),
-median ms per caption and the mean words per caption (a caption of n words takes at least n + 1
-steps).
+int8 (the default on a CPU), bf16 and fp32. A whole step (model.decoder.Decoder.step), its one
+matmul alone (the recurrent W_h h and the output layer stacked, [beams, H] x [H, 4H + V]), and
+the weight bytes each step reads. Then whole captions: beam search on the features of each of
+--photos (model.captioner.describe, as the service), median ms per caption and the mean words
+per caption (a caption of n words takes at least n + 1 steps).
 """
 from __future__ import annotations
 
