@@ -159,7 +159,7 @@ class Decoder(nn.Module):
     @property
     def matmul_dtype(self) -> torch.dtype:
         """What the matmuls take their inputs in: the weights' dtype, and fp32 for int8 weights
-        (OpenVINOInt8Linear multiplies in fp32), like the word table beside them."""
+        (OpenVINOInt8Linear takes fp32 rows and quantizes them itself), like the word table beside them."""
         return self.embed.weight.dtype
 
     @torch.no_grad()
