@@ -8,7 +8,9 @@ int8 (the default on a CPU), bf16 and fp32. A whole step (model.decoder.Decoder.
 matmul alone (the recurrent W_h h and the output layer stacked, [beams, H] x [H, 4H + V]), and
 the weight bytes each step reads. Then whole captions: beam search on the features of each of
 --photos (model.captioner.describe, as the service), median ms per caption and the mean words
-per caption (a caption of n words takes at least n + 1 steps).
+per caption (a caption of n words takes at least n + 1 steps). Last, the one matmul for batches
+of 1 to 16 images, as the service batches them under load: a few rows cost what reading the
+weights costs, many rows what the arithmetic costs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from model.captioner import describe
 from model.encoder import build_encoder
 from model.options import Decoding
 from model.weights import load_reranker, load_weights
+
+
+BATCHED_IMAGES = (1, 4, 8, 16)  # about the service's batches at 1, 8, 16 and 32 clients
 
 
 def median_us(call, repeats: int) -> float:
@@ -44,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     all_features = encoder.encode(load_photos(args.photos))  # [P, D]
     features = all_features[:1]  # the step's parts: the first photo
 
-    rows, results = [], {"weights": manifest["model_id"], "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
+    rows, batched_rows = [], []
+    results = {"weights": manifest["model_id"], "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
     for name, dtype in (("int8", torch.int8), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
         decoder = copy.deepcopy(trained).for_inference(dtype)  # for_inference works in place
         with torch.inference_mode():
@@ -61,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
             seconds for row in all_features.split(1) for seconds in repeat_timed(lambda: describe(decoder, vocab, row, decoding, reranker=reranker), 10)
         ) * 1e3
         words = statistics.mean(len(best[0][0].split()) for best in describe(decoder, vocab, all_features, decoding, reranker=reranker))
+        batched_h = {images: h.repeat(images, 1) for images in BATCHED_IMAGES}  # [images * beams, H]
+        matmul_by_images = {images: median_us(lambda: decoder.w_hidden_and_out(batched_h[images]), args.repeats)
+                            for images in BATCHED_IMAGES}
         results["parts_us"][name] = {**parts, "weight_bytes_per_step": weight_bytes, "caption_ms": caption_ms,
-                                     "words_per_caption": words}
+                                     "words_per_caption": words, "matmul_by_images": matmul_by_images}
         rows.append([name, parts["step"], parts["matmul"], parts["step"] - parts["matmul"], f"{weight_bytes / 2**20:.2f}",
                      caption_ms, words])
+        batched_rows.append([name, *matmul_by_images.values()])
     print_table(f"beam search step, {beams} beams, {len(vocab)} words, {torch.get_num_threads()} threads (us)",
                 ["weights", "step", "W_h h and output layer", "rest of step", "weight MiB/step", "caption ms", "words"], rows)
+    print_table(f"W_h h and output layer for a batch of 1 to {BATCHED_IMAGES[-1]} images ({beams} rows each), "
+                f"{torch.get_num_threads()} threads (us)", ["weights", *map(str, BATCHED_IMAGES)], batched_rows)
     write_json(args.json, results)
     return 0
 

@@ -83,6 +83,10 @@ def test_beam(tmp_path):
     assert results["vocabulary"] > 1000 and results["beams"] == serving_beam_size(ROOT / "weights")  # the shipped weights
     assert set(results["parts_us"]) == {"int8", "bf16", "fp32"}
     for precision in ("int8", "bf16", "fp32"):
-        assert_positive(results["parts_us"][precision])
+        parts = dict(results["parts_us"][precision])
+        by_images = parts.pop("matmul_by_images")
+        assert set(by_images) == {"1", "4", "8", "16"}  # images in a batch, as JSON keys
+        assert_positive(parts)
+        assert_positive(by_images)
     int8, bf16, fp32 = (results["parts_us"][precision]["weight_bytes_per_step"] for precision in ("int8", "bf16", "fp32"))
     assert int8 * 4 == bf16 * 2 == fp32
