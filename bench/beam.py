@@ -28,7 +28,7 @@ from model.options import Decoding
 from model.weights import load_reranker, load_weights
 
 
-BATCHED_IMAGES = (1, 4, 8, 16)  # about the service's batches at 1, 8, 16 and 32 clients
+BATCHED_IMAGES = (1, 4, 8, 16)  # the service batches about 1, 4 and 8 images at 1, 8 and 16 clients; 16 is its most
 
 
 def median_us(call, repeats: int) -> float:
