@@ -34,10 +34,9 @@ def exit_with(message: str) -> NoReturn:
     os._exit(1)
 
 
-async def load_model(app: FastAPI) -> None:
+async def load_model(app: FastAPI, batcher: Batcher) -> None:
     """Load the model and warm it up off the event loop, then report ready (readyz stays 503 until then)."""
     settings: Settings = app.state.settings
-    batcher = Batcher(app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit)
     try:
         captioner = await batcher.start(lambda: Captioner.load(settings.weights_dir, settings.device, settings.decoder_precision,
                                                                  settings.encoder_runtime))
@@ -55,12 +54,13 @@ async def lifespan(app: FastAPI):
         verify(app.state.settings.weights_dir)  # a tampered or missing file stops the start before the port opens
     except WeightsError as error:
         exit_with(f"refusing to start: {error}")
+    settings: Settings = app.state.settings
+    batcher = Batcher(app.state.metrics, settings.max_batch_size, settings.max_batch_wait_ms / 1000, settings.queue_limit)
     # Loading the CNN takes seconds: the server answers healthz (and readyz with 503) meanwhile.
-    loading = asyncio.create_task(load_model(app))
+    loading = asyncio.create_task(load_model(app, batcher))
     yield
     loading.cancel()
-    if app.state.batcher is not None:
-        await app.state.batcher.stop()
+    await batcher.stop()  # also when the stop comes while the model loads: its thread must end before the process
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

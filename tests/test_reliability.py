@@ -371,6 +371,24 @@ def test_sigterm_drains_readyz_503_then_answers_every_request_already_in_and_exi
         assert "Finished server process" in server.output()
 
 
+def test_sigterm_while_the_model_loads_exits_0():
+    """An orchestrator may stop a pod that is still starting. The inference thread is then loading
+    OpenVINO's models: the process waits for it, instead of exiting under it (status 134: aborted)."""
+    with running_server(wait_ready=False) as server:
+        deadline = time.time() + 60
+        while True:
+            try:
+                readyz = httpx.get(f"{server.url}/readyz", timeout=1)
+                break
+            except httpx.TransportError:  # not listening yet
+                assert time.time() < deadline
+                time.sleep(0.02)
+        assert readyz.status_code == 503  # loading
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0, server.output()[-3000:]
+        assert "ready:" not in server.output()  # it stopped before the model was ready
+
+
 def test_an_endless_header_is_cut_off(strict):
     """h11 buffers at most 16 kB of an unfinished request head; past that uvicorn answers 400 and closes."""
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: "
