@@ -11,12 +11,13 @@ from model.beam import beam_search
 from model.confidence import Calibration
 from model.consensus import ConsensusReranker
 from model.decoder import MATMUL_DTYPES, Decoder
-from model.encoder import Encoder, build_encoder
+from model.encoder import Encoder, build_encoder, one_line
 from model.options import Decoding
 from model.vocab import Vocab, tokenize
 from model.weights import WeightsError, load_reranker, load_weights
 
 logger = logging.getLogger("captioner")
+PRECISION_NAMES = {dtype: name for name, dtype in MATMUL_DTYPES.items()}
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
 
 
@@ -42,6 +43,17 @@ def native_precision(device: torch.device) -> torch.dtype:
     bf16 matmuls are emulated and slower than fp32."""
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_avx512_bf16_supported()
     return torch.bfloat16 if native else torch.float32
+
+
+def precisions_to_try(dtype: torch.dtype, device: torch.device) -> list[torch.dtype]:
+    """dtype, then what takes its place if it cannot be built or checked here: int8 gives way to the
+    native precision, bf16 to fp32 (which always builds)."""
+    chain = [dtype]
+    if dtype == torch.int8:
+        chain.append(native_precision(device))
+    if chain[-1] == torch.bfloat16:
+        chain.append(torch.float32)
+    return chain
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,
@@ -95,8 +107,8 @@ class Captioner:
         runtime: str = "auto",
     ) -> Captioner:
         """The decoder's matmuls run in `precision` (auto, int8, bf16 or fp32: resolve_precision);
-        int8 that OpenVINO cannot build gives way to the native precision with one log line. The CNN
-        runs in fp32, as it did when the training features were cached, through `runtime`
+        one that cannot be built here, or whose int8 layers fail their check against fp32, gives way
+        (precisions_to_try) with one log line each. The CNN runs through `runtime`
         (model.encoder.use_runtime)."""
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
@@ -105,14 +117,15 @@ class Captioner:
         if not encoder.get("name") or not encoder.get("pooling"):
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
         decoder = decoder.to(device)
-        dtype = resolve_precision(precision, device)
-        try:
-            decoder.for_inference(dtype)
-        except Exception as error:  # int8's OpenVINO missing or failing: it raised before changing the decoder
-            if dtype != torch.int8:
-                raise
-            decoder.for_inference(native_precision(device))
-            logger.warning("decoder precision: %s, not int8: %s: %s", decoder.precision, type(error).__name__, error)
+        chain = precisions_to_try(resolve_precision(precision, device), device)
+        for dtype, instead in zip(chain, chain[1:] + [None]):
+            try:
+                decoder.for_inference(dtype)
+                break
+            except Exception as error:  # OpenVINO missing or failing, a CPU without the kernel: raised before changing the decoder
+                if instead is None:
+                    raise
+                logger.warning("decoder precision: %s, not %s: %s", PRECISION_NAMES[instead], PRECISION_NAMES[dtype], one_line(error))
         return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest, reranker)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:

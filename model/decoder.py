@@ -25,6 +25,10 @@ import torch.nn.functional as F
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # W_h h [N, 4H], c [N, H], W_ih v + b [N, 4H]
 MATMUL_DTYPES = {"int8": torch.int8, "bf16": torch.bfloat16, "fp32": torch.float32}  # what for_inference takes, by name
+# ||y - y_fp32|| / ||y_fp32|| allowed per row when an int8 layer is checked at load: about 0.01 here;
+# a kernel that cannot run on this CPU raises, and a wrong graph is at 1 or more.
+MAX_INT8_DRIFT = 0.05
+INT8_PROBE_ROWS = (1, 160)  # OpenVINO picks its kernel by the rows: one, and 16 images at beam 10
 
 
 @dataclass
@@ -218,6 +222,21 @@ class OpenVINOInt8Linear(nn.Module):
         self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else torch.zeros(len(scale)))
         self._request = _int8_matmul_request(self.weight, self.scale, self.bias)
         self._request_lock = threading.Lock()  # one request: calls from two threads take turns
+        self._check_against(linear)
+
+    def _check_against(self, linear: nn.Linear) -> None:
+        """Raise unless this layer runs here and gives linear's numbers within MAX_INT8_DRIFT, on a few
+        rows and on many. OpenVINO compiles the graph for any CPU but makes its kernel at the first
+        call: where it has none for this CPU (seen with oneDNN held to AVX2 on this Xeon), that call
+        raises, and a check at load turns it into the native precision instead of failed requests."""
+        generator = torch.Generator().manual_seed(0)
+        for rows in INT8_PROBE_ROWS:
+            probe = torch.randn(rows, linear.in_features, generator=generator)
+            with torch.no_grad():
+                expected = F.linear(probe, linear.weight.float(), None if linear.bias is None else linear.bias.float())
+            drift = ((self(probe) - expected).norm(dim=1) / expected.norm(dim=1).clamp_min(1e-12)).max().item()
+            if not drift <= MAX_INT8_DRIFT:
+                raise RuntimeError(f"OpenVINO's int8 matmul is {drift:.1e} from fp32 on {rows} probe rows (allowed {MAX_INT8_DRIFT})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] fp32 -> [M, N] fp32
         import openvino

@@ -48,6 +48,12 @@ logger = logging.getLogger("captioner")
 MAX_RUNTIME_DRIFT = {"fp32": 1e-4, "bf16": 0.2}
 RUNTIME_LABELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 
+
+def one_line(error: Exception) -> str:
+    """An error as one log line: OpenVINO's messages carry a line per layer of its code."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 class EncoderUnavailable(RuntimeError):
     """The encoder's weights cannot be had on this machine."""
 
@@ -319,7 +325,7 @@ def use_runtime(encoder: Encoder, runtime: str) -> None:
                                    f"(allowed {MAX_RUNTIME_DRIFT[precision]:.0e})")
         except Exception as error:  # ImportError, export and session errors, an unsupported CPU: the next runtime
             instead = RUNTIME_LABELS[candidates[index + 1][0]] if index + 1 < len(candidates) else "eager PyTorch"
-            logger.warning("encoder runtime: %s, not %s: %s: %s", instead, RUNTIME_LABELS[name], type(error).__name__, error)
+            logger.warning("encoder runtime: %s, not %s: %s", instead, RUNTIME_LABELS[name], one_line(error))
             continue
         encoder.runtime = name if name == "onnxruntime" else f"{name}-{precision}"
         encoder._session = session

@@ -161,16 +161,30 @@ def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside
     assert torch.equal(batched, first)  # the output is the caller's, not the request's buffer
 
 
-def test_int8_that_openvino_cannot_build_raises_before_changing_the_decoder(monkeypatch):
+@pytest.mark.parametrize("fault", ["openvino missing", "wrong numbers", "fails at its first call"])
+def test_int8_that_openvino_cannot_build_or_run_right_raises_before_changing_the_decoder(monkeypatch, fault):
+    import model.decoder
     import model.encoder
+
+    build = model.decoder._int8_matmul_request
 
     def not_installed():
         raise ModuleNotFoundError("No module named 'openvino'")
 
-    monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
+    def faulty(weight, scale, bias):  # a real OpenVINO request, with the fault in its graph
+        if fault == "wrong numbers":
+            return build(weight, scale * 2, bias)
+        return build(torch.cat([weight, weight[:, :1]], 1), scale, bias)  # compiles; a call with the layer's width raises
+
+    if fault == "openvino missing":
+        monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
+    else:
+        monkeypatch.setattr(model.decoder, "_int8_matmul_request", faulty)
     decoder = tiny_decoder()
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(ModuleNotFoundError if fault == "openvino missing" else RuntimeError) as raised:
         decoder.for_inference(torch.int8)
+    if fault == "wrong numbers":
+        assert "from fp32 on 1 probe rows" in str(raised.value)
     assert decoder.precision == "fp32" and decoder.w_hidden_and_out is None and isinstance(decoder.w_word, torch.nn.Linear)
     assert decoder.for_inference(torch.float32).precision == "fp32"  # and it can still be frozen
 

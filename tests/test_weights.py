@@ -1,12 +1,15 @@
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from model.captioner import Captioner
+from model.captioner import Captioner, native_precision, precisions_to_try
 from model.confidence import Calibration
 from model.consensus import MIN_PHOTOS, ConsensusReranker
 from model.options import Decoding
@@ -120,6 +123,39 @@ def test_a_cpu_decodes_in_int8_by_default_and_without_openvino_in_its_native_pre
     assert line.startswith(f"decoder precision: {native}, not int8: ModuleNotFoundError")
     [[(text, _)]] = captioner.caption([Image.new("RGB", (64, 48), "red")], Decoding(beam_size=2, max_length=6))
     assert text
+
+
+def test_a_cpu_without_openvinos_kernels_still_loads_and_captions(weights_dir):
+    """oneDNN held to AVX2 on a CPU that has more: OpenVINO compiles the int8 matmuls and the CNN for the
+    CPU it sees, then has no kernel at the first call. Before the int8 layers were checked at load, the
+    first caption raised. Now each precision and runtime given up is one log line."""
+    script = "\n".join([
+        "import logging; logging.basicConfig(format='%(message)s')",
+        "from PIL import Image; from model.captioner import Captioner; from model.options import Decoding",
+        f"captioner = Captioner.load({str(weights_dir)!r}, 'cpu')",
+        "[[(text, _)]] = captioner.caption([Image.new('RGB', (64, 48), 'red')], Decoding(beam_size=2, max_length=6))",
+        "print(captioner.decoder.precision, captioner.encoder.runtime, repr(text))",
+    ])
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    precision, runtime, text = result.stdout.split(maxsplit=2)
+    assert text.strip("'\n")
+    given_up = [line for line in result.stderr.splitlines() if line.startswith(("decoder precision", "encoder runtime"))]
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("Exception from", "[CPU]"))]  # one line each
+    if precision != "int8":
+        assert any(line.startswith(f"decoder precision: {precision}, not ") for line in given_up)
+    if not runtime.startswith("openvino"):
+        assert any(line.startswith("encoder runtime: ") for line in given_up)
+
+
+def test_precisions_to_try_end_on_fp32():
+    cpu = torch.device("cpu")
+    native = native_precision(cpu)
+    assert precisions_to_try(torch.int8, cpu) == ([torch.int8, torch.bfloat16, torch.float32] if native == torch.bfloat16
+                                                  else [torch.int8, torch.float32])
+    assert precisions_to_try(torch.bfloat16, cpu) == [torch.bfloat16, torch.float32]
+    assert precisions_to_try(torch.float32, cpu) == [torch.float32]
 
 
 @pytest.fixture(scope="module")
