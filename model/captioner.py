@@ -10,14 +10,13 @@ from PIL import Image
 from model.beam import beam_search
 from model.confidence import Calibration
 from model.consensus import ConsensusReranker
-from model.decoder import MATMUL_DTYPES, Decoder
+from model.decoder import MATMUL_DTYPES, PRECISION_NAMES, Decoder
 from model.encoder import Encoder, build_encoder, one_line
 from model.options import Decoding
 from model.vocab import Vocab, tokenize
 from model.weights import WeightsError, load_reranker, load_weights
 
 logger = logging.getLogger("captioner")
-PRECISION_NAMES = {dtype: name for name, dtype in MATMUL_DTYPES.items()}
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
 
 

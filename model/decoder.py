@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # W_h h [N, 4H], c [N, H], W_ih v + b [N, 4H]
 MATMUL_DTYPES = {"int8": torch.int8, "bf16": torch.bfloat16, "fp32": torch.float32}  # what for_inference takes, by name
+PRECISION_NAMES = {dtype: name for name, dtype in MATMUL_DTYPES.items()}
 # ||y - y_fp32|| / ||y_fp32|| allowed per row when an int8 layer is checked at load: about 0.01 here;
 # a kernel that cannot run on this CPU raises, and a wrong graph is at 1 or more.
 MAX_INT8_DRIFT = 0.05
@@ -157,8 +158,7 @@ class Decoder(nn.Module):
     @property
     def precision(self) -> str:
         """What the matmuls run in: a name of MATMUL_DTYPES."""
-        dtype = self.w_image.weight.dtype
-        return next(name for name, known in MATMUL_DTYPES.items() if known == dtype)
+        return PRECISION_NAMES[self.w_image.weight.dtype]
 
     @property
     def matmul_dtype(self) -> torch.dtype:
