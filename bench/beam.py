@@ -7,8 +7,9 @@ decoder's matmuls in each precision the service can run them in (CAPTIONER_DECOD
 int8 (the default on a CPU), bf16 and fp32. A whole step (model.decoder.Decoder.step), its one
 matmul alone (the recurrent W_h h and the output layer stacked, [beams, H] x [H, 4H + V]), and
 the weight bytes each step reads. Then whole captions: beam search on the features of each of
---photos (model.captioner.describe, as the service), median ms per caption and the mean words
-per caption (a caption of n words takes at least n + 1 steps). Last, the one matmul for batches
+--photos (model.captioner.describe, as the service: in int8 its loop is one OpenVINO graph,
+model.beam_graph, which runs the same step inside OpenVINO), median ms per caption and the mean
+words per caption (a caption of n words takes at least n + 1 steps). Last, the one matmul for batches
 of 1 to 16 images, as the service batches them under load: a few rows cost what reading the
 weights costs, many rows what the arithmetic costs.
 """

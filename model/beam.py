@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.decoder import Decoder
+from model.decoder import Decoder, State
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,6 @@ def beam_search(
     tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
     scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
-    # The words of each row and whether it has ended live in Python lists: a step's bookkeeping is a
-    # few list operations per beam instead of a dozen tensor operations of a few microseconds each.
-    histories: list[list[int]] = [[] for _ in range(B * K)]
-    finished = [False] * (B * K)
     only_end = torch.full((V,), float("-inf"), device=device)
     only_end[end_id] = 0.0
     banned = torch.zeros(V, device=device)  # [V], added to every step's log-probabilities
@@ -63,6 +59,27 @@ def beam_search(
     banned_first = banned.clone()
     banned_first[end_id] = float("-inf")  # a caption has at least one word
 
+    if decoder.beam_graph is not None:  # the int8 decoder: the whole loop in one OpenVINO call
+        scores, histories = decoder.beam_graph.search(tokens, state, scores, banned_first, banned, only_end, end_id,
+                                                      max_length, block_ngram)
+    else:
+        scores, histories = _search(decoder, tokens, state, scores, banned_first, banned, only_end, end_id, max_length,
+                                    block_ngram)
+    scores = scores.tolist()
+    return [_best(histories[b * K:(b + 1) * K], scores[b], end_id, num_captions, length_penalty) for b in range(B)]
+
+
+def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.Tensor, banned_first: torch.Tensor,
+            banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int, block_ngram: int
+            ) -> tuple[torch.Tensor, list[list[int]]]:
+    """The search's steps: tokens [B*K], the state, scores [B, K] and the bans [V] -> the beams'
+    scores [B, K] and their words."""
+    B, K = scores.shape
+    V = only_end.numel()
+    # The words of each row and whether it has ended live in Python lists: a step's bookkeeping is a
+    # few list operations per beam instead of a dozen tensor operations of a few microseconds each.
+    histories: list[list[int]] = [[] for _ in range(B * K)]
+    finished = [False] * (B * K)
     for t in range(max_length):
         # Every row runs, finished beams and the first step's K alike beams included: a step reads the
         # weights once whatever the rows, so selecting the live ones cost more than it saved.
@@ -85,14 +102,12 @@ def beam_search(
         histories = [histories[row] + [word] for row, word in zip(rows, words)]
         finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
         recurrent, c, image_gates = state
-        index = torch.tensor(rows, device=device)
+        index = torch.tensor(rows, device=tokens.device)
         state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
-        tokens = torch.tensor(words, device=device)
+        tokens = torch.tensor(words, device=tokens.device)
         if all(finished):
             break
-
-    scores = scores.tolist()
-    return [_best(histories[b * K:(b + 1) * K], scores[b], end_id, num_captions, length_penalty) for b in range(B)]
+    return scores, histories
 
 
 def _repeats(histories: list[list[int]], finished: list[bool], n: int) -> tuple[list[int], list[int]]:

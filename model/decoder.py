@@ -57,6 +57,7 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(H, V)
         self.w_hidden_and_out: nn.Module | None = None  # for_inference: W_h and the output layer as one layer
+        self.beam_graph = None  # for_inference in int8: model.beam_graph.BeamGraph, the beam search's loop in OpenVINO
         with torch.no_grad():  # forget-gate bias 1: remember by default early in training
             self.w_image.bias[H : 2 * H].fill_(1.0)
 
@@ -171,9 +172,10 @@ class Decoder(nn.Module):
         """Frozen for decoding only, in place: W_x folded into the word table, so each step looks up
         a row of W_x E [V, 4H] instead of running a matmul; W_h stacked on the output layer
         (w_hidden_and_out), so each step runs one matmul; and the weights cast to `dtype`.
-        torch.int8 makes W_ih and the stacked layer OpenVINOInt8Linear layers, the rest fp32; bf16 on
-        a CPU makes them PackedLinear layers. If those cannot be built (OpenVINO missing or failing),
-        the error is raised before anything changes.
+        torch.int8 makes W_ih and the stacked layer OpenVINOInt8Linear layers, the rest fp32, and
+        builds the beam search's loop for them (beam_graph); bf16 on a CPU makes them PackedLinear
+        layers. If those cannot be built (OpenVINO missing or failing), the error is raised before
+        anything changes.
 
         A step of beam search multiplies a few rows by the weights, so its cost is reading them
         (bench/beam.py times the step in each precision)."""
@@ -184,7 +186,12 @@ class Decoder(nn.Module):
         on_onednn = stacked.weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
         layer = OpenVINOInt8Linear if dtype == torch.int8 else PackedLinear if dtype == torch.bfloat16 and on_onednn else None
         replaced = {name: layer(module) for name, module in (("w_hidden_and_out", stacked), ("w_image", self.w_image))} if layer else {}
-        self.embed = nn.Embedding.from_pretrained(self.w_word(self.embed.weight))  # [V, 4H]
+        word_gates = self.w_word(self.embed.weight)  # [V, 4H]
+        if dtype == torch.int8:
+            from model.beam_graph import BeamGraph
+
+            self.beam_graph = BeamGraph(word_gates, replaced["w_hidden_and_out"], self.config.hidden_dim)
+        self.embed = nn.Embedding.from_pretrained(word_gates)
         self.w_word = nn.Identity()
         del self.w_hidden, self.out
         self.w_hidden_and_out = stacked
@@ -248,28 +255,40 @@ class OpenVINOInt8Linear(nn.Module):
 
 
 def _int8_matmul_request(weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
-    """An OpenVINO infer request for x [any, K] fp32 -> x (weight * scale)^T + bias, weight int8 [N, K]
-    and scale [N, 1] widened inside the graph: a pattern that OpenVINO's CPU plugin runs as one
-    matmul on the compressed weights, x quantized per group of 32 (its default, pinned here so that
-    the numbers do not move with OpenVINO's defaults). Built op by op: tracing the same in torch took
-    1.8 s at start.
-
-    The request runs on as many threads as torch has now: all cores in the service, which builds the
-    decoder before it keeps torch to one thread (app.batcher.serving_threads). There, one image at a
-    time, beam 3, two threads made a request 3 ms faster at p50 than one (28 against 30.5 ms), for
-    about 9 ms more CPU time, and left 8 clients' images/s as they were (bench README)."""
     import openvino
     import openvino.opset13 as ops
 
+    x = ops.parameter([-1, weight.size(1)], openvino.Type.f32)
+    return compile_on_cpu(openvino.Model([int8_matmul(x, weight, scale, bias)], [x])).create_infer_request()
+
+
+def int8_matmul(x, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
+    """The OpenVINO node for x [any, K] fp32 -> x (weight * scale)^T + bias, weight int8 [N, K] and
+    scale [N, 1] widened inside the graph: a pattern that OpenVINO's CPU plugin runs as
+    one matmul on the compressed weights, x quantized per group of 32 (compile_on_cpu). Built op by
+    op: tracing the same in torch took 1.8 s at start."""
+    import openvino
+    import openvino.opset13 as ops
+
+    widened = ops.multiply(ops.convert(ops.constant(weight.numpy()), openvino.Type.f32), ops.constant(scale.numpy()))
+    return ops.add(ops.matmul(x, widened, transpose_a=False, transpose_b=True), ops.constant(bias.numpy()))
+
+
+def compile_on_cpu(model):
+    """An OpenVINO model of the decoder's compiled for the CPU: in fp32, but for the int8 matmuls'
+    inputs, quantized per group of 32 (OpenVINO's default, pinned here so that the numbers do not
+    move with OpenVINO's defaults).
+
+    It runs on as many threads as torch has now: all cores in the service, which builds the
+    decoder before it keeps torch to one thread (app.batcher.serving_threads). There, one image at a
+    time, beam 3, two threads made a request 3 ms faster at p50 than one (28 against 30.5 ms), for
+    about 9 ms more CPU time, and left 8 clients' images/s as they were (bench README)."""
     from model.encoder import openvino_core
 
-    x = ops.parameter([-1, weight.size(1)], openvino.Type.f32)
-    widened = ops.multiply(ops.convert(ops.constant(weight.numpy()), openvino.Type.f32), ops.constant(scale.numpy()))
-    y = ops.add(ops.matmul(x, widened, transpose_a=False, transpose_b=True), ops.constant(bias.numpy()))
-    return openvino_core().compile_model(openvino.Model([y], [x]), "CPU", {
+    return openvino_core().compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32, "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-    }).create_infer_request()
+    })
 
 
 class PackedLinear(nn.Module):

@@ -43,6 +43,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(decoders)
         self.config = decoders[0].config  # beam search reads the vocabulary size
         self.hidden_sizes = [decoder.config.hidden_dim for decoder in decoders]
+        self.beam_graph = None  # beam search runs its steps in Python, through step below
 
     def start(self, features: torch.Tensor) -> tuple:
         """features [N, D] -> W_h h [N, sum 4H], c [N, sum H], gate terms [N, sum 4H]."""

@@ -161,12 +161,14 @@ def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside
     assert torch.equal(batched, first)  # the output is the caller's, not the request's buffer
 
 
-@pytest.mark.parametrize("fault", ["openvino missing", "wrong numbers", "fails at its first call"])
+@pytest.mark.parametrize("fault", ["openvino missing", "wrong numbers", "fails at its first call", "no beam graph"])
 def test_int8_that_openvino_cannot_build_or_run_right_raises_before_changing_the_decoder(monkeypatch, fault):
+    import model.beam_graph
     import model.decoder
     import model.encoder
 
     build = model.decoder._int8_matmul_request
+    build_graph = model.beam_graph._search_model
 
     def not_installed():
         raise ModuleNotFoundError("No module named 'openvino'")
@@ -176,8 +178,13 @@ def test_int8_that_openvino_cannot_build_or_run_right_raises_before_changing_the
             return build(weight, scale * 2, bias)
         return build(torch.cat([weight, weight[:, :1]], 1), scale, bias)  # compiles; a call with the layer's width raises
 
+    def graph_of_another_width(word_gates, stacked, hidden_dim):  # the real builder, given a word table one column too wide
+        return build_graph(torch.cat([word_gates, word_gates[:, :1]], 1), stacked, hidden_dim)
+
     if fault == "openvino missing":
         monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
+    elif fault == "no beam graph":
+        monkeypatch.setattr(model.beam_graph, "_search_model", graph_of_another_width)
     else:
         monkeypatch.setattr(model.decoder, "_int8_matmul_request", faulty)
     decoder = tiny_decoder()
@@ -185,7 +192,8 @@ def test_int8_that_openvino_cannot_build_or_run_right_raises_before_changing_the
         decoder.for_inference(torch.int8)
     if fault == "wrong numbers":
         assert "from fp32 on 1 probe rows" in str(raised.value)
-    assert decoder.precision == "fp32" and decoder.w_hidden_and_out is None and isinstance(decoder.w_word, torch.nn.Linear)
+    assert decoder.precision == "fp32" and decoder.w_hidden_and_out is None and decoder.beam_graph is None
+    assert isinstance(decoder.w_word, torch.nn.Linear)
     assert decoder.for_inference(torch.float32).precision == "fp32"  # and it can still be frozen
 
 

@@ -377,8 +377,10 @@ def test_the_fp32_runtimes_serve_the_same_caption_and_the_log_says_which_runs(se
     photo = encoded(Image.open(WEIGHTS.parent / "docs" / "examples" / "cameraman.jpg"), "JPEG")
     with running_server(encoder_runtime="eager") as eager, running_server(encoder_runtime="onnxruntime") as onnx:
         eager_captions, onnx_captions = post(eager.url, photo).json()["captions"], post(onnx.url, photo).json()["captions"]
-        assert [(c["text"], c["log_prob"]) for c in eager_captions] == [(c["text"], c["log_prob"]) for c in onnx_captions]
-        # The confidence reads the reranker's agreement, which reads v itself: 1e-6 apart between the runtimes.
+        assert [c["text"] for c in eager_captions] == [c["text"] for c in onnx_captions]
+        # The two runtimes' features are about 4e-6 apart: the log-probabilities and the confidence (which reads the
+        # reranker's agreement, which reads v itself) about 1e-6.
+        assert [c["log_prob"] for c in eager_captions] == pytest.approx([c["log_prob"] for c in onnx_captions], abs=1e-4)
         assert [c["confidence"] for c in eager_captions] == pytest.approx([c["confidence"] for c in onnx_captions], abs=1e-4)
         assert "CNN through eager" in eager.output() and "CNN through onnxruntime" in onnx.output()
     assert "CNN through openvino-" in served.output()
