@@ -41,8 +41,8 @@ class BeamGraph:
         recurrent, c, image_gates = state
         inputs = [tokens, recurrent, c, image_gates, scores, banned_first, banned, only_end,
                   torch.tensor(end_id), torch.tensor(max_length), torch.tensor(block_ngram)]
-        with self._request_lock:
-            outputs = self._request.infer([x.contiguous().numpy() for x in inputs])
+        with self._request_lock:  # the outputs are the request's buffers until copied: its next call overwrites them
+            outputs = self._request.infer([x.contiguous().numpy() for x in inputs], share_inputs=True, share_outputs=True)
             final_scores, words = (torch.from_numpy(outputs[i].copy()) for i in range(2))
         return final_scores, [[word for word in row if word >= 0] for row in words.tolist()]  # [B*K, steps]
 
@@ -103,9 +103,8 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     places = ops.range(const(0), ops.gather(ops.shape_of(words), const(1), 0), const(1), i64)  # [T]
     repeats = ops.logical_and(ops.less(places, t), ops.greater_equal(matched_suffix, ops.subtract(block_ngram, const(1))))
     repeats = ops.logical_and(repeats, ops.greater(block_ngram, const(0)))  # [N, T]
-    ban = ops.select(repeats, const(-np.inf, np.float32), const(0, np.float32))  # [N, T]
-    zeros = ops.broadcast(const(0, np.float32), ops.shape_of(log_probs))
-    log_probs = ops.add(log_probs, ops.scatter_elements_update(zeros, ops.maximum(words, const(0)), ban, 1, "min"))
+    ban = ops.select(repeats, const(-np.inf, np.float32), const(np.inf, np.float32))  # [N, T]: the min with each place's word
+    log_probs = ops.scatter_elements_update(log_probs, ops.maximum(words, const(0)), ban, 1, "min")
     log_probs = ops.select(ops.unsqueeze(finished, const([1])), only_end, log_probs)  # a finished beam may only add <end>, at no cost
 
     K = ops.gather(ops.shape_of(scores), const([1]), 0)
