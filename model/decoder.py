@@ -282,7 +282,8 @@ def compile_on_cpu(model):
     It runs on as many threads as torch has now: all cores in the service, which builds the
     decoder before it keeps torch to one thread (app.batcher.serving_threads). There, one image at a
     time, beam 3, two threads made a request 3 ms faster at p50 than one (28 against 30.5 ms), for
-    about 9 ms more CPU time, and left 8 clients' images/s as they were (bench README)."""
+    about 9 ms more CPU time, and left 8 clients' images/s as they were; the whole search as one
+    graph (model.beam_graph) took 5.7-6.0 ms a caption on two threads, 7.2 on one (bench README)."""
     from model.encoder import openvino_core
 
     return openvino_core().compile_model(model, "CPU", {
