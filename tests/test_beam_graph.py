@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, WEIGHTS
 from model.beam import beam_search
 from model.beam_graph import BeamGraph
 from model.captioner import Captioner
 from model.decoder import Decoder, DecoderConfig
+from tests.conftest import ROOT, WEIGHTS
 
 PAD, START, END, UNK = 0, 1, 2, 3
 
