@@ -102,9 +102,9 @@ def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.
         histories = [histories[row] + [word] for row, word in zip(rows, words)]
         finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
         recurrent, c, image_gates = state
-        index = torch.tensor(rows, device=tokens.device)
+        index = torch.tensor(rows, dtype=torch.long, device=tokens.device)  # long also when there are no images
         state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
-        tokens = torch.tensor(words, device=tokens.device)
+        tokens = torch.tensor(words, dtype=torch.long, device=tokens.device)
         if all(finished):
             break
     return scores, histories

@@ -54,6 +54,10 @@ def test_the_graph_finds_what_the_loop_finds(int8_decoder, beam_size, max_length
                 == pytest.approx([h.log_prob for image in in_loop for h in image], abs=2e-3))
 
 
+def test_no_images_get_no_captions_either_way(int8_decoder):
+    assert graph_and_loop(int8_decoder, torch.zeros(0, 8), banned_ids=(PAD, START, UNK), block_ngram=2) == ([], [])
+
+
 def test_the_cases_compared_above_happen(int8_decoder):
     """Beams that end before others, searches that stop before max_length, and bans that change the
     captions: without them the comparison above would not test the graph's bookkeeping."""
