@@ -72,8 +72,7 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
         return ops.slice(x, const([start]), const([stop]), const([1]), const([1]))
 
     def shift_right(x, first):  # [first, x[:, 0], ..., x[:, -2]]
-        return ops.concat([ops.broadcast(const(first), ops.concat([ops.gather(ops.shape_of(x), const([0]), 0), const([1])], 0)),
-                           column(x, 0, -1)], 1)
+        return ops.pad(column(x, 0, -1), const([0, 1]), const([0, 0]), "constant", const(first))
 
     # One step: the Loop's body. Rows b * K + k as in model.beam; t is the step (the number of words so far).
     tokens = ops.parameter([-1], i64, name="tokens")  # [N]
@@ -107,12 +106,12 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     log_probs = ops.scatter_elements_update(log_probs, ops.maximum(words, const(0)), ban, 1, "min")
     log_probs = ops.select(ops.unsqueeze(finished, const([1])), only_end, log_probs)  # a finished beam may only add <end>, at no cost
 
-    K = ops.gather(ops.shape_of(scores), const([1]), 0)
+    K = ops.gather(ops.shape_of(scores), const(1), 0)
     candidates = ops.reshape(ops.add(ops.reshape(scores, const([-1, 1]), False), log_probs),
-                             ops.concat([const([-1]), ops.multiply(K, const([V]))], 0), False)  # [B, K*V]
-    top = ops.topk(candidates, ops.squeeze(K, const([0])), 1, "max", "value", i64)
+                             ops.concat([const([-1]), ops.unsqueeze(ops.multiply(K, const(V)), const([0]))], 0), False)  # [B, K*V]
+    top = ops.topk(candidates, K, 1, "max", "value", i64)
     new_scores, picks = top.output(0), top.output(1)  # [B, K]
-    first_rows = ops.multiply(ops.range(const(0), ops.gather(ops.shape_of(picks), const(0), 0), const(1), i64), ops.squeeze(K, const([0])))
+    first_rows = ops.multiply(ops.range(const(0), ops.gather(ops.shape_of(picks), const(0), 0), const(1), i64), K)
     rows = ops.reshape(ops.add(ops.divide(picks, const(V)), ops.unsqueeze(first_rows, const([1]))), const([-1]), False)  # [N]
     new_tokens = ops.reshape(ops.floor_mod(picks, const(V)), const([-1]), False)  # [N]
     new_words = ops.gather(words, rows, 0)  # reordering stays inside each image
@@ -131,14 +130,13 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
         ("scores", [-1, -1], f32), ("banned_first", [V], f32), ("banned", [V], f32), ("only_end", [V], f32),
         ("end_id", [], i64), ("max_length", [], i64), ("block_ngram", [], i64))}
     table_shape = ops.concat([ops.shape_of(outer["tokens"]), ops.unsqueeze(outer["max_length"], const([0]))], 0)  # [N, T]
-    initial = {"finished": ops.broadcast(const(False, bool), ops.shape_of(outer["tokens"])),
-               "words": ops.broadcast(const(-1), table_shape), "matched_suffix": ops.broadcast(const(0), table_shape)}
+    starts = {**outer, "finished": ops.broadcast(const(False, bool), ops.shape_of(outer["tokens"])),
+              "words": ops.broadcast(const(-1), table_shape), "matched_suffix": ops.broadcast(const(0), table_shape)}
     loop = ops.loop(outer["max_length"], const(True, bool))
     loop.set_function(openvino.Model(body_outputs, body_inputs))
     loop.set_special_body_ports([body_inputs.index(t), len(body_outputs) - 1])
     for parameter, output in zip(body_inputs[:7], body_outputs):
-        name = parameter.get_friendly_name()
-        loop.set_merged_input(parameter, (outer[name] if name in outer else initial[name]).output(0), output)
+        loop.set_merged_input(parameter, starts[parameter.get_friendly_name()].output(0), output)
     for parameter in body_inputs[8:]:
         loop.set_invariant_input(parameter, outer[parameter.get_friendly_name()].output(0))
     results = [loop.get_iter_value(body_outputs[3], -1), loop.get_iter_value(body_outputs[5], -1)]  # scores [B, K], words [N, T]
