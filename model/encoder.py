@@ -13,8 +13,9 @@ On the CPU the CNN runs through OpenVINO by default (RUNTIMES): exported from th
 load (about a second, in memory, so nothing is written and a read-only container needs no build
 step), compiled in bf16 where the CPU multiplies in it (AVX512-BF16, AMX), else in fp32, and checked
 against the eager path on a probe batch (bf16 moves the features 4-6%, fp32 1e-7). The shipped
-decoder was trained on eager fp32 features and scores the same dev CIDEr on OpenVINO's bf16 ones
-(0.5555 against 0.5554). In bf16 it is about twice as fast as ONNX Runtime and several times
+decoder was trained on OpenVINO's bf16 features, the ones it is served (the manifest's
+encoder.runtime says so); on eager fp32 ones it scores 0.6% lower dev CIDEr (0.5503 against
+0.5536). In bf16 it is about twice as fast as ONNX Runtime and several times
 faster than eager PyTorch (bench/encoders.py). If it cannot load or does not match,
 ONNX Runtime (fp32, features within 1e-6 of eager) runs instead, then eager PyTorch, each with one
 log line saying why.
