@@ -55,6 +55,11 @@ class FeatureTable:
     def rows(self) -> dict[Path, int]:
         return {path: i for i, path in enumerate(self.paths)}
 
+    @classmethod
+    def joined(cls, tables: list[FeatureTable]) -> FeatureTable:
+        """One table of several, rows in order."""
+        return cls(torch.cat([t.features for t in tables]), [p for t in tables for p in t.paths], [p for t in tables for p in t.skipped])
+
 
 class _Images(Dataset):
     def __init__(self, paths: list[Path], encoder: Encoder, view: str):

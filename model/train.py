@@ -320,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     train_items, val_items = dataset.split("train"), dataset.split("val")
     if not train_items:
         raise SystemExit(f"error: {dataset.why_empty('train')}")
-    paths = [item.image_path for item in train_items + val_items]
+    splits = [[item.image_path for item in items] for items in (train_items, val_items) if items]
 
     def views() -> list[FeatureTable]:
-        return [extract_features(encoder, paths, args.cache_dir, workers=args.workers, view=view) for view in args.views]
+        # One cache file per split and view: fit_reranker, evaluate and calibrate, which read one split each, then find theirs.
+        return [FeatureTable.joined([extract_features(encoder, paths, args.cache_dir, workers=args.workers, view=view) for paths in splits])
+                for view in args.views]
 
     if is_main:
         tables = views()

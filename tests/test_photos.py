@@ -116,12 +116,14 @@ def test_a_reranker_fitted_on_the_training_photos_is_scored_and_served(trained, 
     refused = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
                   "--consensus-weight", "100")
     assert refused.returncode == 2 and "has no consensus reranker: fit one with python -m model.fit_reranker" in refused.stderr
+    cached = sorted((photos.parent / "cache").iterdir())
     fitted = run("-m", "model.fit_reranker", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     assert f"fitted on {TRAIN} photos" in fitted.stdout and "skipped 2 unreadable images" in fitted.stderr
     result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
                  "--beam-size", "4", "--consensus-weight", "100", "--set-defaults")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted((photos.parent / "cache").iterdir()) == cached  # training cached each split's features: no CNN pass here
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["decoding"]["consensus_weight"] == 100.0 and manifest["consensus"]["fitted_on"] == f"{TRAIN} Flickr8k training photos"
     captioner = Captioner.load(weights, "cpu")
