@@ -115,8 +115,10 @@ class ConsensusReranker:
     def save(self, path: Path) -> None:
         tensors = {"idf": torch.tensor(self.idf), "feature_mean": self.feature_mean, "feature_std": self.feature_std,
                    "weight": self.weight.half()}  # fp16 halves the file; agreements move by under 1e-3 (tests)
-        metadata = {"grams": json.dumps([" ".join(gram) for gram in self.grams]), "rare_idf": repr(self.rare_idf),
-                    "mean_length": repr(self.mean_length)}
+        # One metadata key: safetensors writes several in a random order (safetensors issue 584), and the
+        # manifest's sha256 of this file should not change when the same reranker is fitted again.
+        metadata = {"reranker": json.dumps({"grams": [" ".join(gram) for gram in self.grams], "rare_idf": self.rare_idf,
+                                            "mean_length": self.mean_length})}
         atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata))
 
     @classmethod
@@ -124,8 +126,10 @@ class ConsensusReranker:
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
-            metadata = f.metadata()
+            metadata = f.metadata() or {}
+        if "reranker" not in metadata:
+            raise ValueError(f"{path} was written by an older version of captioner: fit it again (python -m model.fit_reranker)")
+        fields = json.loads(metadata["reranker"])
         tensors = load_file(path)
-        grams = [tuple(gram.split(" ")) for gram in json.loads(metadata["grams"])]
-        return cls(grams, tensors["idf"], float(metadata["rare_idf"]), float(metadata["mean_length"]),
+        return cls([tuple(gram.split(" ")) for gram in fields["grams"]], tensors["idf"], fields["rare_idf"], fields["mean_length"],
                    tensors["feature_mean"], tensors["feature_std"], tensors["weight"])

@@ -115,7 +115,12 @@ def add_reranker(directory: str | Path, reranker: ConsensusReranker, details: di
 
 def load_reranker(directory: str | Path, manifest: dict) -> ConsensusReranker | None:
     """The consensus reranker of a verified weights folder, None if it has none."""
-    return ConsensusReranker.load(Path(directory) / RERANKER_FILE) if RERANKER_FILE in manifest["files"] else None
+    if RERANKER_FILE not in manifest["files"]:
+        return None
+    try:
+        return ConsensusReranker.load(Path(directory) / RERANKER_FILE)
+    except ValueError as error:
+        raise WeightsError(str(error)) from error
 
 
 if __name__ == "__main__":  # python -m model.weights DIR: the check the container build runs on its weights

@@ -1,6 +1,9 @@
 """The consensus reranker (model.consensus) on photos of three kinds, each with captions of its own."""
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from model.captioner import describe
 from model.consensus import MIN_PHOTOS, ConsensusReranker
@@ -64,6 +67,23 @@ def test_saved_and_loaded_it_chooses_the_same(reranker, tmp_path):
     candidates = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(3)]
     for before, after in zip(reranker.agreement(features, candidates), loaded.agreement(features, candidates)):
         assert after == pytest.approx(before, abs=1e-3)  # the read-out is kept in fp16
+
+
+def test_the_same_reranker_saves_to_the_same_bytes(reranker, tmp_path):
+    """The manifest lists the file's sha256: fitting the same reranker again must not change it."""
+    for n in range(5):
+        reranker.save(tmp_path / f"{n}.safetensors")
+    assert len({(tmp_path / f"{n}.safetensors").read_bytes() for n in range(5)}) == 1
+
+
+def test_a_file_of_the_older_layout_asks_to_be_fitted_again(reranker, tmp_path):
+    tensors = {"idf": torch.tensor(reranker.idf), "feature_mean": reranker.feature_mean, "feature_std": reranker.feature_std,
+               "weight": reranker.weight.half()}
+    older = {"grams": json.dumps([" ".join(gram) for gram in reranker.grams]), "rare_idf": repr(reranker.rare_idf),
+             "mean_length": repr(reranker.mean_length)}
+    save_file(tensors, tmp_path / "reranker.safetensors", older)
+    with pytest.raises(ValueError, match=r"older version of captioner: fit it again \(python -m model.fit_reranker\)"):
+        ConsensusReranker.load(tmp_path / "reranker.safetensors")
 
 
 def test_describe_reranks_every_finished_beam_only_when_asked(reranker):

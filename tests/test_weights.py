@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from model.captioner import Captioner, native_precision, precisions_to_try
 from model.confidence import Calibration
 from model.consensus import MIN_PHOTOS, ConsensusReranker
 from model.options import Decoding
 from model.decoder import Decoder, DecoderConfig
-from model.encoder import build_encoder
+from model.encoder import build_encoder, sha256_file
 from model.vocab import Vocab
 from model.weights import WeightsError, add_reranker, load_weights, save_weights, verify, write_manifest
 
@@ -195,6 +196,18 @@ def test_a_reranker_for_other_image_vectors_is_refused(reranked_dir, tmp_path):
     other = ConsensusReranker.fit(torch.randn(2 * MIN_PHOTOS, 16), [[["a", "red", "circle"]]] * (2 * MIN_PHOTOS))
     add_reranker(tmp_path, other, {"fitted_on": "16-d features"})
     with pytest.raises(WeightsError, match="reads 16-d image vectors, but the encoder gives 1280-d ones"):
+        Captioner.load(tmp_path, "cpu")
+
+
+def test_a_reranker_of_an_older_layout_is_refused_with_what_to_do(reranked_dir, tmp_path):
+    for f in reranked_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(tmp_path / "reranker.safetensors")
+    save_file(tensors, tmp_path / "reranker.safetensors", {"grams": "[]", "rare_idf": "1.0", "mean_length": "9.0"})
+    manifest = verify(reranked_dir)
+    manifest["files"]["reranker.safetensors"] = sha256_file(tmp_path / "reranker.safetensors")
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(WeightsError, match=r"older version of captioner: fit it again \(python -m model.fit_reranker\)"):
         Captioner.load(tmp_path, "cpu")
 
 
