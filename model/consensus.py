@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from model.cider import N, SIGMA, ngrams
 from model.files import atomic_write
@@ -127,9 +127,9 @@ class ConsensusReranker:
 
         with safe_open(path, "pt") as f:
             metadata = f.metadata() or {}
-        if "reranker" not in metadata:
-            raise ValueError(f"{path} was written by an older version of captioner: fit it again (python -m model.fit_reranker)")
+            if "reranker" not in metadata:
+                raise ValueError(f"{path} was written by an older version of captioner: fit it again (python -m model.fit_reranker)")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
         fields = json.loads(metadata["reranker"])
-        tensors = load_file(path)
         return cls([tuple(gram.split(" ")) for gram in fields["grams"]], tensors["idf"], fields["rare_idf"], fields["mean_length"],
                    tensors["feature_mean"], tensors["feature_std"], tensors["weight"])
