@@ -1,5 +1,5 @@
 """The CNN through each runtime, side by side: time per image at batch 1 and 8, and how far its
-features move from the eager fp32 path the shipped decoder was trained on.
+features move from the eager fp32 path, the naive baseline's.
 
     python -m bench.encoders [--photos DIR] [--calibration DIR] [--repeats 30]
 
@@ -15,8 +15,8 @@ Runtimes, all on the same preprocessed pixels and the same threads:
   where the CPU multiplies in it, else in fp32 (model.encoder.use_runtime).
 Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). Dev CIDEr: the
 shipped weights (decoder, reranker, serving decoding) on the first --dev-images photos of the
-Flickr8k validation split in --data, their features made by that runtime (the training features
-were eager fp32's). A runtime that cannot be built here is listed with the reason.
+Flickr8k validation split in --data, their features made by that runtime (the weights' manifest
+names the runtime whose features the decoder was trained on: encoder.runtime). A runtime that cannot be built here is listed with the reason.
 """
 from __future__ import annotations
 
