@@ -16,7 +16,8 @@ Runtimes, all on the same preprocessed pixels and the same threads:
 Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). Dev CIDEr: the
 shipped weights (decoder, reranker, serving decoding) on the first --dev-images photos of the
 Flickr8k validation split in --data, their features made by that runtime (the weights' manifest
-names the runtime whose features the decoder was trained on: encoder.runtime). A runtime that cannot be built here is listed with the reason.
+names the runtime whose features the decoder was trained on: encoder.runtime). A runtime that
+cannot be built here is listed with the reason.
 """
 from __future__ import annotations
 

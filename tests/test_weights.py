@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,9 +59,7 @@ def test_captioner_returns_distinct_sorted_captions(weights_dir):
 @pytest.mark.parametrize("name", ["decoder.safetensors", "vocab.json", "config.json"])
 def test_a_changed_byte_is_refused(weights_dir, tmp_path, name):
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in weights_dir.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(weights_dir, copy)
     data = bytearray((copy / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (copy / name).write_bytes(bytes(data))
@@ -77,8 +76,7 @@ def test_missing_file_and_missing_manifest_are_refused(weights_dir, tmp_path):
 
 
 def test_weights_for_another_encoder_are_refused(weights_dir, tmp_path):
-    for f in weights_dir.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(weights_dir, tmp_path, dirs_exist_ok=True)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["encoder"]["fingerprint"] = "efficientnet-lite0:0000:other"
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
@@ -163,8 +161,7 @@ def test_precisions_to_try_end_on_fp32():
 def reranked_dir(weights_dir, tmp_path_factory):
     """weights_dir with a consensus reranker fitted on random features, serving with it."""
     directory = tmp_path_factory.mktemp("reranked")
-    for f in weights_dir.iterdir():
-        (directory / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(weights_dir, directory, dirs_exist_ok=True)
     features = torch.randn(2 * MIN_PHOTOS, build_encoder().feature_dim, generator=torch.Generator().manual_seed(0))
     references = [[["a", "red", "circle"], ["a", "blue", "square"]]] * (2 * MIN_PHOTOS)
     add_reranker(directory, ConsensusReranker.fit(features, references), {"fitted_on": "random features"})
@@ -181,9 +178,7 @@ def test_weights_with_a_reranker_caption_through_it(reranked_dir):
     assert len({text for text, _ in captions}) == 3
     data = bytearray((reranked_dir / "reranker.safetensors").read_bytes())
     copy = reranked_dir.parent / "changed-reranker"
-    copy.mkdir()
-    for f in reranked_dir.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, copy)
     data[-10] ^= 0x01
     (copy / "reranker.safetensors").write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="reranker.safetensors does not match its manifest"):
@@ -191,8 +186,7 @@ def test_weights_with_a_reranker_caption_through_it(reranked_dir):
 
 
 def test_a_reranker_for_other_image_vectors_is_refused(reranked_dir, tmp_path):
-    for f in reranked_dir.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True)
     other = ConsensusReranker.fit(torch.randn(2 * MIN_PHOTOS, 16), [[["a", "red", "circle"]]] * (2 * MIN_PHOTOS))
     add_reranker(tmp_path, other, {"fitted_on": "16-d features"})
     with pytest.raises(WeightsError, match="reads 16-d image vectors, but the encoder gives 1280-d ones"):
@@ -200,8 +194,7 @@ def test_a_reranker_for_other_image_vectors_is_refused(reranked_dir, tmp_path):
 
 
 def test_a_reranker_of_an_older_layout_is_refused_with_what_to_do(reranked_dir, tmp_path):
-    for f in reranked_dir.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True)
     tensors = load_file(tmp_path / "reranker.safetensors")
     save_file(tensors, tmp_path / "reranker.safetensors", {"grams": "[]", "rare_idf": "1.0", "mean_length": "9.0"})
     manifest = verify(reranked_dir)
@@ -212,9 +205,7 @@ def test_a_reranker_of_an_older_layout_is_refused_with_what_to_do(reranked_dir, 
 
 
 def test_a_decoding_that_reranks_needs_its_reranker(reranked_dir, tmp_path):
-    for f in reranked_dir.iterdir():
-        if f.name != "reranker.safetensors":
-            (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("reranker.safetensors"))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     del manifest["files"]["reranker.safetensors"]
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
@@ -223,8 +214,7 @@ def test_a_decoding_that_reranks_needs_its_reranker(reranked_dir, tmp_path):
 
 
 def test_new_weights_drop_the_reranker_of_the_old(reranked_dir, tmp_path):
-    for f in reranked_dir.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True)
     decoder, vocab, manifest = load_weights(tmp_path)
     save_weights(tmp_path, decoder, vocab, {"encoder": manifest["encoder"]})
     assert not (tmp_path / "reranker.safetensors").exists()
@@ -232,8 +222,7 @@ def test_new_weights_drop_the_reranker_of_the_old(reranked_dir, tmp_path):
 
 
 def test_a_confidence_fitted_on_agreement_needs_the_reranker(reranked_dir, tmp_path):
-    for f in reranked_dir.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True)
     manifest = verify(tmp_path)
     manifest["confidence"] = Calibration((1.0, -0.1, 8.0), 1.0, 0.4).to_dict()
     write_manifest(tmp_path, manifest)
