@@ -3,6 +3,16 @@
 Row b * K + k of every [B * K, ...] tensor is beam k of image b. A finished beam stays in the
 beam: it may only continue with <end> at no cost, so it keeps its score, competes with the live
 ones, and no two beams ever hold the same sentence.
+
+Constrained (guided) search, after Anderson et al. 2017, "Guided Open Vocabulary Image Captioning
+with Constrained Beam Search": an image may name up to N constraints, each a set of words any of
+which satisfies it ("dog", "dogs", "puppy"). A sentence's state is the set of constraints it has
+met (a bitmask, S = 2^N states), and each state keeps its own K beams: the K best sentences with
+exactly those constraints met. So each image has S groups of K rows, row (b * S + s) * K + k, and a
+step fills each group from the candidates of every group whose state, with the new word, becomes
+the group's (transitions). The caption comes from the group that has met the most constraints
+(all of them, unless the sentence could not fit them in max_length words). With no constraints
+S = 1, and it is plain beam search.
 """
 from __future__ import annotations
 
@@ -34,24 +44,29 @@ def beam_search(
     num_captions: int = 1,
     length_penalty: float = 0.0,
     block_ngram: int = 0,
+    constraints: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[Hypothesis]]:
     """features [B, D] -> per image, the best `num_captions` distinct hypotheses, best first.
 
     A sentence has 1 to `max_length` words; one that reaches the limit without <end> is cut there.
     beam_size=1 is greedy decoding. length_penalty=0 ranks by the plain log-probability.
     block_ngram=n > 0 forbids a word that would repeat an n-gram already in the sentence
-    ("a man in a red shirt and a red shirt" with n=3); 0 allows repeats."""
+    ("a man in a red shirt and a red shirt" with n=3); 0 allows repeats.
+    constraints: per image, the word-id sets its caption must each take a word from (the module's
+    docstring); None or empty lists: none."""
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
     B, K = features.size(0), beam_size
     V = decoder.config.vocab_size
     device = features.device
+    transitions = _transitions(constraints or [[] for _ in range(B)], V, device)  # [B, S, S, V]
+    S = transitions.size(1)
 
-    # W_ih v once per image, then copied to its K beams: rows b * K + k; in fp32 once here, not at every step
-    state = tuple(part.float().repeat_interleave(K, dim=0) for part in decoder.start(features))
-    tokens = torch.full((B * K,), start_id, dtype=torch.long, device=device)  # [B*K]
-    scores = torch.full((B, K), float("-inf"), device=device)  # [B, K]
-    scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
+    # W_ih v once per image, then copied to its S * K rows; in fp32 once here, not at every step
+    state = tuple(part.float().repeat_interleave(S * K, dim=0) for part in decoder.start(features))
+    tokens = torch.full((B * S * K,), start_id, dtype=torch.long, device=device)  # [B*S*K]
+    scores = torch.full((B * S, K), float("-inf"), device=device)  # [B*S, K]: a row per group
+    scores[::S, 0] = 0.0  # one live beam, in the state that has met nothing: the first step must not pick duplicates
     only_end = torch.full((V,), float("-inf"), device=device)
     only_end[end_id] = 0.0
     banned = torch.zeros(V, device=device)  # [V], added to every step's log-probabilities
@@ -60,26 +75,48 @@ def beam_search(
     banned_first[end_id] = float("-inf")  # a caption has at least one word
 
     if decoder.beam_graph is not None:  # the int8 decoder: the whole loop in one OpenVINO call
-        scores, histories = decoder.beam_graph.search(tokens, state, scores, banned_first, banned, only_end, end_id,
-                                                      max_length, block_ngram)
+        scores, histories = decoder.beam_graph.search(tokens, state, scores, transitions, banned_first, banned, only_end,
+                                                      end_id, max_length, block_ngram)
     else:
-        scores, histories = _search(decoder, tokens, state, scores, banned_first, banned, only_end, end_id, max_length,
-                                    block_ngram)
-    scores = scores.tolist()
-    return [_best(histories[b * K:(b + 1) * K], scores[b], end_id, num_captions, length_penalty) for b in range(B)]
+        scores, histories = _search(decoder, tokens, state, scores, transitions, banned_first, banned, only_end, end_id,
+                                    max_length, block_ngram)
+    scores = scores.view(B, S, K).tolist()
+    best = []
+    for b in range(B):
+        groups = [_best(histories[(b * S + s) * K:(b * S + s + 1) * K], scores[b][s], end_id, num_captions, length_penalty)
+                  for s in range(S)]
+        # the group that met the most constraints, the best of equals (plain search: the one group)
+        ranked = [(bin(s).count("1"), group[0].score, s) for s, group in enumerate(groups) if group]
+        best.append(groups[max(ranked)[2]] if ranked else [])
+    return best
 
 
-def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.Tensor, banned_first: torch.Tensor,
-            banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int, block_ngram: int
-            ) -> tuple[torch.Tensor, list[list[int]]]:
-    """The search's steps: tokens [B*K], the state, scores [B, K] and the bans [V] -> the beams'
-    scores [B, K] and their words."""
-    B, K = scores.shape
+def _transitions(constraints: Sequence[Sequence[Sequence[int]]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """Per image, which state a word leads to from each state: [B, S (to), S (from), V], 0 where
+    `from` with the word becomes `to`, -inf elsewhere. S = 2^N for the most constraints N of an image."""
+    S = 2 ** max((len(per_image) for per_image in constraints), default=0)
+    bits = torch.zeros(len(constraints), vocab_size, dtype=torch.long)  # [B, V]: the constraints each word meets
+    for b, per_image in enumerate(constraints):
+        for j, words in enumerate(per_image):
+            bits[b, list(words)] |= 1 << j
+    states = torch.arange(S)
+    reached = states[None, :, None] | bits[:, None, :]  # [B, S (from), V]
+    transitions = torch.where(reached[:, None] == states[None, :, None, None], 0.0, float("-inf"))  # [B, S, S, V]
+    return transitions.to(device)
+
+
+def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
+            banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int,
+            block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """The search's steps: tokens [B*S*K], the state, scores [B*S, K], transitions [B, S, S, V] and
+    the bans [V] -> the beams' scores [B*S, K] and their words."""
+    B, S = transitions.shape[:2]
+    K = scores.size(1)
     V = only_end.numel()
     # The words of each row and whether it has ended live in Python lists: a step's bookkeeping is a
     # few list operations per beam instead of a dozen tensor operations of a few microseconds each.
-    histories: list[list[int]] = [[] for _ in range(B * K)]
-    finished = [False] * (B * K)
+    histories: list[list[int]] = [[] for _ in range(B * S * K)]
+    finished = [False] * (B * S * K)
     for t in range(max_length):
         # Every row runs, finished beams and the first step's K alike beams included: a step reads the
         # weights once whatever the rows, so selecting the live ones cost more than it saved.
@@ -91,13 +128,16 @@ def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.
                 log_probs[rows, words] = float("-inf")
         if any(finished):
             log_probs[[row for row, done in enumerate(finished) if done]] = only_end
-        candidates = (scores[:, :, None] + log_probs.view(B, K, V)).view(B, K * V)  # [B, K*V]
-        scores, flat = candidates.topk(K, dim=1)  # [B, K]
+        candidates = scores[:, :, None] + log_probs.view(B * S, K, V)  # [B*S, K, V]
+        if S > 1:  # each group's candidates: every group's words that lead to its state
+            candidates = candidates.view(B, 1, S, K, V) + transitions[:, :, :, None, :]  # [B, S, S, K, V]
+        scores, flat = candidates.reshape(B * S, S * K * V).topk(K, dim=1)  # [B*S, K]
         rows, words = [], []
-        for b, picks in enumerate(flat.tolist()):
+        for group, picks in enumerate(flat.tolist()):
+            first_row = group // S * S * K  # the image's first row: reordering stays inside each image
             for pick in picks:
                 parent, word = divmod(pick, V)
-                rows.append(b * K + parent)  # reordering stays inside each image
+                rows.append(first_row + parent)
                 words.append(word)
         histories = [histories[row] + [word] for row, word in zip(rows, words)]
         finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
@@ -105,8 +145,8 @@ def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.
         index = torch.tensor(rows, dtype=torch.long, device=tokens.device)  # long also when there are no images
         state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
         tokens = torch.tensor(words, dtype=torch.long, device=tokens.device)
-        if all(finished):
-            break
+        if all(done or score == float("-inf") for done, score in zip(finished, scores.view(-1).tolist())):
+            break  # every beam has ended, or holds nothing: a group no sentence has reached yet stays empty
     return scores, histories
 
 

@@ -33,13 +33,14 @@ class BeamGraph:
         self._request_lock = threading.Lock()
         self._check_it_runs(word_gates.size(0), hidden_dim)
 
-    def search(self, tokens: torch.Tensor, state: State, scores: torch.Tensor, banned_first: torch.Tensor,
-               banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int, block_ngram: int
-               ) -> tuple[torch.Tensor, list[list[int]]]:
-        """What model.beam's loop takes and gives: tokens [B*K], the state (W_h h, c, W_ih v + b,
-        fp32), scores [B, K] and the bans [V] -> the beams' scores [B, K] and their words."""
+    def search(self, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
+               banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int,
+               block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
+        """What model.beam's loop takes and gives: tokens [B*S*K], the state (W_h h, c, W_ih v + b,
+        fp32), scores [B*S, K], transitions [B, S, S, V] and the bans [V] -> the beams' scores
+        [B*S, K] and their words."""
         recurrent, c, image_gates = state
-        inputs = [tokens, recurrent, c, image_gates, scores, banned_first, banned, only_end,
+        inputs = [tokens, recurrent, c, image_gates, scores, transitions, banned_first, banned, only_end,
                   torch.tensor(end_id), torch.tensor(max_length), torch.tensor(block_ngram)]
         with self._request_lock:  # the outputs are the request's buffers until copied: its next call overwrites them
             outputs = self._request.infer([x.contiguous().numpy() for x in inputs], share_inputs=True, share_outputs=True)
@@ -54,8 +55,8 @@ class BeamGraph:
         scores[:, 0] = 0
         zeros = torch.zeros(V)
         self.search(torch.zeros(N, dtype=torch.long), (torch.zeros(N, 4 * hidden_dim), torch.zeros(N, hidden_dim),
-                    torch.randn(N, 4 * hidden_dim, generator=torch.Generator().manual_seed(0))), scores, zeros, zeros,
-                    zeros, end_id=0, max_length=4, block_ngram=2)
+                    torch.randn(N, 4 * hidden_dim, generator=torch.Generator().manual_seed(0))), scores,
+                    torch.zeros(2, 1, 1, V), zeros, zeros, zeros, end_id=0, max_length=4, block_ngram=2)
 
 
 def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_dim: int):
@@ -74,20 +75,21 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     def shift_right(x, first):  # [first, x[:, 0], ..., x[:, -2]]
         return ops.pad(column(x, 0, -1), const([0, 1]), const([0, 0]), "constant", const(first))
 
-    # One step: the Loop's body. Rows b * K + k as in model.beam; t is the step (the number of words so far).
+    # One step: the Loop's body. Rows (b * S + s) * K + k as in model.beam; t is the step (the number of words so far).
     tokens = ops.parameter([-1], i64, name="tokens")  # [N]
     recurrent = ops.parameter([-1, 4 * H], f32, name="recurrent")  # [N, 4H]: W_h h
     c = ops.parameter([-1, H], f32, name="c")  # [N, H]
-    scores = ops.parameter([-1, -1], f32, name="scores")  # [B, K]
+    scores = ops.parameter([-1, -1], f32, name="scores")  # [B*S, K]
     finished = ops.parameter([-1], boolean, name="finished")  # [N]
     words = ops.parameter([-1, -1], i64, name="words")  # [N, T]: -1 after the words so far
     matched_suffix = ops.parameter([-1, -1], i64, name="matched_suffix")  # [N, T]: see the module's docstring
     t = ops.parameter([1], i64, name="t")
     image_gates = ops.parameter([-1, 4 * H], f32, name="image_gates")  # [N, 4H]: W_ih v + b
+    transitions = ops.parameter([-1, -1, -1, V], f32, name="transitions")  # [B, S, S, V]
     banned_first, banned, only_end = (ops.parameter([V], f32, name=name) for name in ("banned_first", "banned", "only_end"))
     end_id, block_ngram = (ops.parameter([], i64, name=name) for name in ("end_id", "block_ngram"))
-    body_inputs = [tokens, recurrent, c, scores, finished, words, matched_suffix, t, image_gates, banned_first, banned,
-                   only_end, end_id, block_ngram]
+    body_inputs = [tokens, recurrent, c, scores, finished, words, matched_suffix, t, image_gates, transitions,
+                   banned_first, banned, only_end, end_id, block_ngram]
 
     gates = ops.add(ops.add(image_gates, ops.gather(ops.constant(word_gates.numpy()), tokens, 0)), recurrent)  # [N, 4H]
     i, f, g, o = ops.split(gates, 1, 4).outputs()
@@ -106,12 +108,19 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     log_probs = ops.scatter_elements_update(log_probs, ops.maximum(words, const(0)), ban, 1, "min")
     log_probs = ops.select(ops.unsqueeze(finished, const([1])), only_end, log_probs)  # a finished beam may only add <end>, at no cost
 
+    # Each group's candidates: every group's words that lead to its state (model.beam); S = 1: its own beams'
     K = ops.gather(ops.shape_of(scores), const(1), 0)
-    candidates = ops.reshape(ops.add(ops.reshape(scores, const([-1, 1]), False), log_probs),
-                             ops.concat([const([-1]), ops.unsqueeze(ops.multiply(K, const(V)), const([0]))], 0), False)  # [B, K*V]
+    B, S = (ops.gather(ops.shape_of(transitions), const(axis), 0) for axis in (0, 2))
+    total = ops.reshape(ops.add(ops.reshape(scores, const([-1, 1]), False), log_probs),
+                        ops.concat([ops.unsqueeze(B, const([0])), const([1]), ops.unsqueeze(S, const([0])),
+                                    ops.unsqueeze(K, const([0])), const([V])], 0), False)  # [B, 1, S, K, V]
+    candidates = ops.add(total, ops.unsqueeze(transitions, const([3])))  # [B, S, S, K, V]
+    candidates = ops.reshape(candidates, ops.concat([const([-1]), ops.unsqueeze(ops.multiply(ops.multiply(S, K), const(V)),
+                                                                                  const([0]))], 0), False)  # [B*S, S*K*V]
     top = ops.topk(candidates, K, 1, "max", "value", i64)
-    new_scores, picks = top.output(0), top.output(1)  # [B, K]
-    first_rows = ops.multiply(ops.range(const(0), ops.gather(ops.shape_of(picks), const(0), 0), const(1), i64), K)
+    new_scores, picks = top.output(0), top.output(1)  # [B*S, K]
+    groups = ops.range(const(0), ops.gather(ops.shape_of(picks), const(0), 0), const(1), i64)  # [B*S]
+    first_rows = ops.multiply(ops.divide(groups, S), ops.multiply(S, K))  # each group's image's first row
     rows = ops.reshape(ops.add(ops.divide(picks, const(V)), ops.unsqueeze(first_rows, const([1]))), const([-1]), False)  # [N]
     new_tokens = ops.reshape(ops.floor_mod(picks, const(V)), const([-1]), False)  # [N]
     new_words = ops.gather(words, rows, 0)  # reordering stays inside each image
@@ -119,7 +128,8 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     new_matched_suffix = ops.select(extended, ops.add(shift_right(ops.gather(matched_suffix, rows, 0), 0), const(1)), const(0))
     new_words = ops.scatter_update(new_words, t, ops.unsqueeze(new_tokens, const([1])), const(1))
     new_finished = ops.logical_or(ops.gather(finished, rows, 0), ops.equal(new_tokens, end_id))
-    go_on = ops.logical_not(ops.reduce_logical_and(new_finished, const(0), False))
+    empty = ops.equal(ops.reshape(new_scores, const([-1]), False), const(-np.inf, np.float32))  # a group no sentence reached yet
+    go_on = ops.logical_not(ops.reduce_logical_and(ops.logical_or(new_finished, empty), const(0), False))
     body_outputs = [new_tokens, ops.gather(next_recurrent, rows, 0), ops.gather(new_c, rows, 0), new_scores, new_finished,
                     new_words, new_matched_suffix, go_on]
     body_outputs = [output if isinstance(output, openvino.Output) else output.output(0) for output in body_outputs]
@@ -127,7 +137,8 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     # The loop: at most max_length steps, and none once every beam has ended
     outer = {name: ops.parameter(shape, dtype, name=name) for name, shape, dtype in (
         ("tokens", [-1], i64), ("recurrent", [-1, 4 * H], f32), ("c", [-1, H], f32), ("image_gates", [-1, 4 * H], f32),
-        ("scores", [-1, -1], f32), ("banned_first", [V], f32), ("banned", [V], f32), ("only_end", [V], f32),
+        ("scores", [-1, -1], f32), ("transitions", [-1, -1, -1, V], f32), ("banned_first", [V], f32), ("banned", [V], f32),
+        ("only_end", [V], f32),
         ("end_id", [], i64), ("max_length", [], i64), ("block_ngram", [], i64))}
     table_shape = ops.concat([ops.shape_of(outer["tokens"]), ops.unsqueeze(outer["max_length"], const([0]))], 0)  # [N, T]
     starts = {**outer, "finished": ops.broadcast(const(False, bool), ops.shape_of(outer["tokens"])),
@@ -139,5 +150,5 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
         loop.set_merged_input(parameter, starts[parameter.get_friendly_name()].output(0), output)
     for parameter in body_inputs[8:]:
         loop.set_invariant_input(parameter, outer[parameter.get_friendly_name()].output(0))
-    results = [loop.get_iter_value(body_outputs[3], -1), loop.get_iter_value(body_outputs[5], -1)]  # scores [B, K], words [N, T]
+    results = [loop.get_iter_value(body_outputs[3], -1), loop.get_iter_value(body_outputs[5], -1)]  # scores [B*S, K], words [N, T]
     return openvino.Model(results, list(outer.values()))

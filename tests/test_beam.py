@@ -139,3 +139,39 @@ def test_block_ngram_equals_exhaustive_search_over_sentences_without_repeats():
     for b in range(2):
         expected = [(lp, w) for lp, w in exhaustive(decoder, features[b], 4) if not ngram_repeats(w, 2)][:3]
         assert [h.tokens for h in results[b]] == [words for _, words in expected]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_constrained_wide_beam_returns_the_most_likely_caption_with_the_word(seed):
+    """Anderson et al.'s constrained beam search, wide enough to be exact: the most likely caption
+    that contains the word (or, with a set, any of its words), and both words with two constraints."""
+    decoder = tiny_decoder(seed)
+    features = torch.randn(3, 3)
+    max_length = 3
+    constraints = [[[5]], [[4, 6]], [[5], [6]]]
+    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+                          beam_size=60, max_length=max_length, num_captions=3, constraints=constraints)
+    for b, per_image in enumerate(constraints):
+        allowed = [(lp, words) for lp, words in exhaustive(decoder, features[b], max_length)
+                   if all(set(words) & set(needed) for needed in per_image)]
+        assert [h.tokens for h in results[b]] == [words for _, words in allowed[:3]]
+        assert [h.log_prob for h in results[b]] == pytest.approx([lp for lp, _ in allowed[:3]], abs=1e-4)
+
+
+def test_constraints_change_only_the_images_that_have_them():
+    decoder = tiny_decoder(6)
+    features = torch.randn(3, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=5, num_captions=2)
+    plain = beam_search(decoder, features, **kwargs)
+    guided = beam_search(decoder, features, constraints=[[], [[6]], []], **kwargs)
+    assert [h.tokens for h in guided[0]] == [h.tokens for h in plain[0]]
+    assert [h.tokens for h in guided[2]] == [h.tokens for h in plain[2]]
+    assert all(6 in h.tokens for h in guided[1])
+
+
+def test_a_constraint_that_cannot_fit_gives_the_plain_caption():
+    decoder = tiny_decoder(7)
+    features = torch.randn(1, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=1)
+    two_words = beam_search(decoder, features, constraints=[[[4], [5]]], **kwargs)[0][0].tokens
+    assert len(two_words) == 1 and two_words[0] in (4, 5)  # one of the two, as much as one word can hold

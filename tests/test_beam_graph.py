@@ -107,3 +107,16 @@ def test_with_the_shipped_weights_the_graph_writes_the_loops_captions():
                                            beam_size=decoding.beam_size, max_length=decoding.max_length,
                                            num_captions=decoding.beam_size, block_ngram=decoding.block_ngram)
         assert [[h.tokens for h in image] for image in in_graph] == [[h.tokens for h in image] for image in in_loop]
+
+
+@pytest.mark.parametrize("beam_size,block_ngram", [(1, 0), (3, 0), (3, 2), (5, 3)])
+def test_the_graph_finds_what_the_loop_finds_under_constraints(int8_decoder, beam_size, block_ngram):
+    features = torch.randn(4, 8, generator=torch.Generator().manual_seed(beam_size + 10 * block_ngram))
+    constraints = [[[5]], [], [[6, 7], [9]], [[4]]]  # one, none, two (the first a set of words), one
+    in_graph, in_loop = graph_and_loop(int8_decoder, features, beam_size=beam_size, max_length=12, num_captions=beam_size,
+                                       block_ngram=block_ngram, banned_ids=(PAD, START, UNK), constraints=constraints)
+    assert [[h.tokens for h in image] for image in in_graph] == [[h.tokens for h in image] for image in in_loop]
+    assert ([h.log_prob for image in in_graph for h in image]
+            == pytest.approx([h.log_prob for image in in_loop for h in image], abs=2e-3))
+    assert all(5 in h.tokens for h in in_graph[0]) and all(4 in h.tokens for h in in_graph[3])
+    assert all({6, 7} & set(h.tokens) and 9 in h.tokens for h in in_graph[2])
