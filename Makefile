@@ -21,12 +21,14 @@ serve: $(VENV)/.installed
 	$(VENV)/bin/python -m app --host 0.0.0.0 --port $(PORT)
 
 # Debian packages that some tests drive: Chromium (the web-page test), podman, mmdebstrap and runc
-# (the container test). Without root and apt they cannot be installed, and those tests skip, saying why.
+# (the container test), and WordNet's database (the tag map's rebuild). Without root and apt they
+# cannot be installed, and those tests skip, saying why.
 TEST_TOOLS = chromium podman mmdebstrap runc
 test-tools:
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	if [ -z "$$missing" ]; then echo "test tools present: $(TEST_TOOLS)"; \
-	else echo "installing Debian's$$missing for the web-page and container tests (apt-get, about a minute)"; \
+	[ -f /usr/share/wordnet/data.noun ] || missing="$$missing wordnet-base"; \
+	if [ -z "$$missing" ]; then echo "test tools present: $(TEST_TOOLS) wordnet-base"; \
+	else echo "installing Debian's$$missing for the web-page, container and tag-map tests (apt-get, about a minute)"; \
 		(apt-get update -qq && apt-get install -y -qq $$missing >/dev/null 2>&1 && echo "installed:$$missing") \
 		|| echo "could not install$$missing (needs root and apt): the tests that need them will be skipped"; fi
 

@@ -27,6 +27,7 @@ from PIL import Image
 from app.metrics import Metrics
 from model.captioner import Captioner
 from model.options import Decoding
+from model.tags import Tag
 
 
 WARM_UP_IMAGE_SIZE = (320, 240)
@@ -65,6 +66,7 @@ class Job:
 class Result:
     captions: list[tuple[str, float]]
     confidences: list[float] | None  # one per caption; None for uncalibrated weights
+    tags: list[Tag]
     batch_size: int
 
 
@@ -134,8 +136,8 @@ class Batcher:
                 for job in batch:
                     _settle(loop, job.future, error=_passable(error))
                 continue
-            for job, (captions, confidences) in zip(batch, results):
-                _settle(loop, job.future, Result(captions, confidences, len(batch)))
+            for job, (captions, confidences, tags) in zip(batch, results):
+                _settle(loop, job.future, Result(captions, confidences, tags, len(batch)))
 
     def _next_batch(self, wait_s: float) -> list[Job]:
         """The next job, whenever it comes, then whatever follows it within wait_s, up to max_batch_size."""
@@ -149,7 +151,7 @@ class Batcher:
         self.metrics.queue_depth.set(self.queue.qsize())
         return [job for job in batch if job is not None]
 
-    def _infer(self, captioner: Captioner, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None]]:
+    def _infer(self, captioner: Captioner, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None, list[Tag]]]:
         self.metrics.batch_size.observe(len(batch))
         started = time.perf_counter()
         features = captioner.encoder.encode_pixels(torch.stack([job.pixels for job in batch]))  # [B, D]
@@ -160,8 +162,9 @@ class Batcher:
             rows = [i for i, job in enumerate(batch) if job.params == params]
             captions = captioner.describe(features[rows], params.decoding, params.num_captions)
             confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
-            for row, per_image, confidence in zip(rows, captions, confidences):
-                results[row] = (per_image, confidence)
+            tags = captioner.tags(features[rows], params.decoding)
+            for row, per_image, confidence, image_tags in zip(rows, captions, confidences, tags):
+                results[row] = (per_image, confidence, image_tags)
         self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
         return results
 

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.batcher import Batcher, Overloaded, Params
 from app.images import ImageRejected, decode_image
 from app.metrics import Metrics
-from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status
+from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status, Tag
 from app.settings import Settings
 from model.captioner import Captioner
 
@@ -80,9 +80,11 @@ async def create_captions(
     beam_size: Annotated[int | None, Query(ge=1, le=10, description="beams searched (default: the model's, see /v1/model)")] = None,
     num_captions: Annotated[int, Query(ge=1, le=10, description="captions returned, at most beam_size")] = 1,
     max_length: Annotated[int | None, Query(ge=5, le=50, description="most words in a caption (default: the model's)")] = None,
+    guided: Annotated[bool | None, Query(description="the caption says the photo's most confident tag; false: a plain "
+                                                     "caption (default: the model's, see /v1/model: decoding.guided)")] = None,
 ) -> CaptionResponse:
     started = time.perf_counter()
-    decoding = captioner.decoding.but(beam_size=beam_size, max_length=max_length)
+    decoding = captioner.decoding.but(beam_size=beam_size, max_length=max_length, guided=guided)
     if num_captions > decoding.beam_size:
         raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({decoding.beam_size})")
     data = await image.read()
@@ -100,7 +102,7 @@ async def create_captions(
     except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
         raise HTTPException(504, f"no caption within {settings.request_timeout_s} s") from None
     request.state.batch_size = result.batch_size
-    return caption_response(captioner, result.captions, result.confidences,
+    return caption_response(captioner, result.captions, result.confidences, result.tags,
                             elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
@@ -110,13 +112,15 @@ def decode_and_preprocess(data: bytes, max_pixels: int, captioner: Captioner) ->
 
 
 def caption_response(captioner: Captioner, captions: list[tuple[str, float]], confidences: list[float] | None,
-                     elapsed_ms: float) -> CaptionResponse:
-    """The answer to a caption request: each caption with its confidence, when the weights are calibrated."""
+                     tags: list, elapsed_ms: float) -> CaptionResponse:
+    """The answer to a caption request: each caption with its confidence, when the weights are
+    calibrated, and the photo's tags (model.tags.Tag)."""
     calibration = captioner.calibration
     confidences = confidences or [None] * len(captions)
     return CaptionResponse(
         captions=[Caption(text=text, log_prob=log_prob, confidence=confidence)
                   for (text, log_prob), confidence in zip(captions, confidences)],
+        tags=[Tag(word=tag.word, class_name=tag.class_name, probability=tag.probability) for tag in tags],
         low_confidence=confidences[0] < calibration.threshold if calibration else None,
         model=captioner.model_id,
         elapsed_ms=elapsed_ms,
@@ -153,6 +157,7 @@ async def model_info(captioner: Annotated[Captioner, Depends(get_captioner)]) ->
         note=manifest.get("note"),
         confidence=manifest.get("confidence"),
         consensus=manifest.get("consensus"),
+        tags={"available": True, **manifest["tags"]} if captioner.tagger else {"available": False, "reason": captioner.no_tags_reason},
     )
 
 

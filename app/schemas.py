@@ -13,8 +13,20 @@ class Caption(BaseModel):
         ge=0, le=1, examples=[0.62])
 
 
+class Tag(BaseModel):
+    word: str = Field(description="what the CNN's ImageNet classifier sees, as the word a caption would use", examples=["cat"])
+    class_name: str = Field(description="the most probable ImageNet class behind the word", examples=["Egyptian cat"])
+    probability: float = Field(
+        description="calibrated probability that a person describing the photo would use the word (see /v1/model: tags)",
+        ge=0, le=1, examples=[0.83])
+
+
 class CaptionResponse(BaseModel):
     captions: list[Caption] = Field(description="best first, texts distinct")
+    tags: list[Tag] = Field(
+        description="the photo's confident tags, best first (at most 5; empty when none reaches the threshold or the "
+                    "weights have no tag map). A guided caption (guided=true, the default where the weights have a tag "
+                    "map) says the first of them")
     low_confidence: bool | None = Field(
         description="the best caption's confidence is under the threshold chosen on the validation photos: "
                     "it may well be wrong; null for weights never calibrated")
@@ -35,6 +47,8 @@ class ModelInfo(BaseModel):
     confidence: dict | None = Field(None, description="how caption confidence was calibrated, and how well it held on unseen photos")
     consensus: dict | None = Field(None, description="the reranker that chooses among the beams (decoding.consensus_weight): "
                                                      "what it was fitted on; null for weights without one")
+    tags: dict = Field(description="how the tag map was made and how the tag probabilities were calibrated "
+                                   "(available: false, with the reason, for weights whose captions go without tags)")
 
 
 class FieldError(BaseModel):

@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     decoding = captioner.decoding.but(beam_size=args.beam_size)
     captions = captioner.describe(features, decoding)
     confidences = (captioner.confidences(features, captions) or [None])[0]
+    tags = captioner.tags(features, decoding)[0]
 
     def serialise() -> str:  # what the route builds, and the JSON it becomes
-        return caption_response(captioner, captions[0], confidences, elapsed_ms=1.0).model_dump_json()
+        return caption_response(captioner, captions[0], confidences, tags, elapsed_ms=1.0).model_dump_json()
 
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),

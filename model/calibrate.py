@@ -1,4 +1,5 @@
-"""Fit how confident the service says each caption is, on captioned photos the decoder never trained on.
+"""Fit how confident the service says each caption is, on captioned photos the decoder never trained on,
+and how likely each tag is to be said by a person describing the photo.
 
     python -m model.calibrate --weights weights --data ../shared/data/flickr8k            # fit and report
     python -m model.calibrate --weights weights --data ../shared/data/flickr8k --save     # and keep it
@@ -9,8 +10,17 @@ the photo's human captions reaches model.confidence.ACCEPTABLE_CIDER_D. The logi
 low-confidence threshold come from the first half; the second half measures them: the expected
 calibration error, a reliability table, and how many captions are flagged. Images unlike any
 training photo (blank frames, noise, a screenshot of text; made here) show how often they are
-flagged. --save writes the fit and these figures into the weights' manifest ("confidence"), which
-the service reads at start.
+flagged.
+
+Tags (weights with a tag map, model.tags): Platt scaling of each word's summed class probability,
+fitted on the training photos (the CNN's classifier never saw them) for every word of at least
+MIN_TAG_PROBABILITY, a word counting as said when one of the photo's human captions has it or its
+plural; measured on the validation photos, and on --tags-held-out's photos too when given (for
+example COCO photos, from outside the training data's world): the expected calibration error and
+a reliability table.
+
+--save writes both fits and these figures into the weights' manifest ("confidence" and
+"tags.calibration"), which the service reads at start.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="weights", help="trained decoder folder")
     parser.add_argument("--data", required=True, help="a data set with a validation split (and a train split for CIDEr-D's document frequencies)")
     parser.add_argument("--save", action="store_true", help="record the fit and its figures in the weights' manifest")
+    parser.add_argument("--tags-held-out", help="another data set whose validation photos measure the tags' calibration")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
     return parser
 
@@ -35,15 +46,49 @@ if __name__ == "__main__":  # --help answers before torch loads
     build_parser().parse_args(sys.argv[1:])
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from model.captioner import Captioner
 from model.cider import CiderD
-from model.confidence import ACCEPTABLE_CIDER_D, fit, reliability
-from model.data import DatasetFormatError, load_dataset
+from model.confidence import ACCEPTABLE_CIDER_D, fit, logistic, reliability
+from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.evaluate import readable_features
+from model.tags import TagCalibration, word_forms
 from model.vocab import tokenize
 from model.weights import MANIFEST_FILE, WeightsError, read_manifest, write_manifest
+
+MIN_TAG_PROBABILITY = 0.01  # below it a word is never near being shown: its pairs would only swamp the fit
+
+
+def tag_pairs(captioner: Captioner, items: list[ImageCaptions], cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (photo, word) of summed probability >= MIN_TAG_PROBABILITY: that probability [N], and
+    whether a human caption of the photo says the word [N]."""
+    items, features, _ = readable_features(captioner.encoder, items, cache_dir)
+    summed, _ = captioner.tagger.word_probabilities(features)  # [B, W]
+    said = torch.tensor([[bool(tokens & set(word_forms(word))) for word in captioner.tagger.words]
+                         for tokens in ({token for caption in item.captions for token in tokenize(caption)} for item in items)])
+    kept = summed >= MIN_TAG_PROBABILITY
+    return summed[kept], said[kept]
+
+
+def fit_tags(captioner: Captioner, train: list[ImageCaptions], held_out: dict[str, list[ImageCaptions]],
+             cache_dir: Path) -> dict:
+    """The tags' Platt scaling, fitted on `train`, and its reliability on each held-out set."""
+    probabilities, said = tag_pairs(captioner, train, cache_dir)
+    logits = torch.logit(probabilities.double().clamp(1e-9, 1 - 1e-9))
+    weights, bias = logistic(logits[:, None], said)
+    calibration = TagCalibration(round(weights.item(), 4), round(bias, 4))
+    report = {"calibration": calibration.to_dict(),
+              "fitted_on": f"{len(train)} training photos, {len(said)} (photo, word) pairs of summed probability >= "
+                           f"{MIN_TAG_PROBABILITY}; a word is right when a human caption says it or its plural",
+              "held_out": {}}
+    for name, items in held_out.items():
+        probabilities, said = tag_pairs(captioner, items, cache_dir)
+        ece, bins = reliability(calibration(probabilities).tolist(), said.tolist())
+        report["held_out"][name] = {"photos": len(items), "pairs": len(said), "expected_calibration_error": round(ece, 4),
+                                    "reliability": bins}
+    return report
 
 
 def unlike_photos() -> dict[str, list[Image.Image]]:
@@ -100,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         unlike[kind] = {"images": len(images), "flagged": sum(c < fitted.threshold for c in confidences) / len(images),
                         "example": said[0][0][0]}
 
-    report = {
+    confidence = {
         **fitted.to_dict(),
         "fitted_on": f"{len(halves[0])} validation photos (every other one, sorted by name)",
         "held_out": {"photos": len(halves[1]), "acceptable": round(sum(truth) / len(truth), 3),
@@ -109,10 +154,20 @@ def main(argv: list[str] | None = None) -> int:
                      "reliability": bins},
         "unlike_photos_flagged": unlike,
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps(confidence, indent=2))
+    tags = None
+    if captioner.tagger is not None:
+        held_out = {dataset.name: val}
+        if args.tags_held_out:
+            other = load_dataset(args.tags_held_out)
+            held_out[other.name] = other.split("val")
+        tags = fit_tags(captioner, train, held_out, args.cache_dir)
+        print(json.dumps(tags, indent=2))
     if args.save:
         manifest = read_manifest(args.weights)
-        manifest["confidence"] = report
+        manifest["confidence"] = confidence
+        if tags is not None:
+            manifest["tags"] = {**manifest.get("tags", {}), **tags}
         write_manifest(args.weights, manifest)
         print(f"saved in {Path(args.weights) / MANIFEST_FILE}", file=sys.stderr)
     return 0

@@ -13,8 +13,9 @@ from model.consensus import ConsensusReranker
 from model.decoder import MATMUL_DTYPES, PRECISION_NAMES, Decoder
 from model.encoder import Encoder, build_encoder, one_line
 from model.options import Decoding
+from model.tags import Tag, TagCalibration, Tagger, TagMapError
 from model.vocab import Vocab, tokenize
-from model.weights import WeightsError, load_reranker, load_weights
+from model.weights import WeightsError, load_reranker, load_tag_map, load_weights
 
 logger = logging.getLogger("captioner")
 Captions = list[list[tuple[str, float]]]  # per image: (text, log_prob), best first
@@ -56,11 +57,15 @@ def precisions_to_try(dtype: torch.dtype, device: torch.device) -> list[torch.dt
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,
-             reranker: ConsensusReranker | None = None) -> Captions:
+             reranker: ConsensusReranker | None = None, tagger: Tagger | None = None) -> Captions:
     """Beam search from image features [B, D] to texts; with decoding.consensus_weight, all finished
-    beams reranked by the reranker."""
+    beams reranked by the reranker; with decoding.guided and a tagger, each caption says the
+    photo's first decoding.forced_tags tags (those at decoding.tag_threshold or above)."""
     if decoding.consensus_weight and reranker is None:
         raise ValueError("this decoding reranks by consensus, but no reranker was given")
+    constraints = None
+    if decoding.guided and tagger is not None:
+        constraints = tagger.constraints(tagger.tags(features, decoding.tag_threshold), decoding.forced_tags)
     hypotheses = beam_search(
         decoder,
         features,
@@ -72,6 +77,7 @@ def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: D
         num_captions=decoding.beam_size if decoding.consensus_weight else num_captions,
         length_penalty=decoding.length_penalty,
         block_ngram=decoding.block_ngram,
+        constraints=constraints,
     )
     captions = [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
     if decoding.consensus_weight:
@@ -81,7 +87,7 @@ def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: D
 
 class Captioner:
     def __init__(self, encoder: Encoder, decoder: Decoder, vocab: Vocab, manifest: dict,
-                 reranker: ConsensusReranker | None = None):
+                 reranker: ConsensusReranker | None = None, tag_map: dict | None = None):
         if manifest.get("encoder", {}).get("fingerprint") != encoder.fingerprint:
             raise WeightsError(
                 f"these weights were trained on features of encoder {manifest.get('encoder', {}).get('fingerprint')!r}, "
@@ -99,6 +105,19 @@ class Captioner:
             raise WeightsError(f"the consensus reranker reads {reranker.feature_mean.numel()}-d image vectors, "
                                f"but the encoder gives {encoder.feature_dim}-d ones: fit it again (python -m model.fit_reranker)")
         self.device = next(decoder.parameters()).device
+        self.tagger, self.no_tags_reason = None, None
+        if tag_map is None:
+            self.no_tags_reason = "these weights have no tag map (python -m model.tag_map): captions are plain, without tags"
+        elif encoder.classifier is None:
+            self.no_tags_reason = f"encoder {encoder.name} with {encoder.pooling} pooling has no classifier on v: no tags"
+        else:
+            try:
+                calibration = TagCalibration(**manifest.get("tags", {}).get("calibration", {}))
+                self.tagger = Tagger(encoder.classifier, tag_map, calibration, vocab.index)
+            except TagMapError as error:
+                raise WeightsError(f"tags.json: {error}") from None
+        if self.no_tags_reason:
+            logger.warning("tags: none: %s", self.no_tags_reason)
 
     @classmethod
     def load(
@@ -112,6 +131,7 @@ class Captioner:
         device = resolve_device(device)
         decoder, vocab, manifest = load_weights(directory)
         reranker = load_reranker(directory, manifest)
+        tag_map = load_tag_map(directory, manifest)
         encoder = manifest.get("encoder", {})
         if not encoder.get("name") or not encoder.get("pooling"):
             raise WeightsError(f"{Path(directory) / 'manifest.json'} names no encoder and pooling")
@@ -125,14 +145,22 @@ class Captioner:
                 if instead is None:
                     raise
                 logger.warning("decoder precision: %s, not %s: %s", PRECISION_NAMES[instead], PRECISION_NAMES[dtype], one_line(error))
-        return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest, reranker)
+        return cls(build_encoder(encoder["name"], device, encoder["pooling"], runtime), decoder, vocab, manifest, reranker,
+                   tag_map)
 
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]
 
     def describe(self, features: torch.Tensor, decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
         """decoding: the weights' own (self.decoding) unless given."""
-        return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions, self.reranker)
+        return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions,
+                        self.reranker, self.tagger)
+
+    def tags(self, features: torch.Tensor, decoding: Decoding | None = None) -> list[list[Tag]]:
+        """Per image, what the CNN's classifier sees (model.tags), best first; none for weights without a tag map."""
+        if self.tagger is None:
+            return [[] for _ in range(features.size(0))]
+        return self.tagger.tags(features, (decoding or self.decoding).tag_threshold)
 
     def caption(self, images: list[Image.Image], decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
         return self.describe(self.encode(images), decoding, num_captions)

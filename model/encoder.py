@@ -124,11 +124,13 @@ class Encoder(nn.Module):
 
     def __init__(
         self, name: str, trunk: nn.Module, feature_dim: int, preprocessing: Preprocessing, weights_sha256: str,
-        pooling: str = "head-mean", pooling_detail: str | None = None,
+        pooling: str = "head-mean", pooling_detail: str | None = None, classifier: nn.Linear | None = None,
     ):
         super().__init__()
         self.name = name
         self.trunk = trunk.eval().requires_grad_(False)
+        # The CNN's own ImageNet head on v, [D] -> [1000] logits (model.tags); None where v is not what it reads
+        self.classifier = classifier.eval().requires_grad_(False) if classifier is not None else None
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
         self.weights_sha256 = weights_sha256
@@ -244,7 +246,8 @@ def _efficientnet_lite(name: str, pooling: str) -> Encoder:
     fold_batch_norms(net.eval())
     trunk = _EfficientNetLiteTrunk(net, pooling)
     preprocessing = replace(LITE_PREPROCESSING, size=LITE_SIZES[name])
-    return Encoder(name, trunk, trunk.feature_dim, preprocessing, sha256_file(weights_path), pooling, trunk.pooling_detail)
+    return Encoder(name, trunk, trunk.feature_dim, preprocessing, sha256_file(weights_path), pooling, trunk.pooling_detail,
+                   net._fc if pooling == "head-mean" else None)
 
 
 def _torchvision(name: str, pooling: str) -> Encoder:
@@ -270,10 +273,11 @@ def _torchvision(name: str, pooling: str) -> Encoder:
     finally:
         socket.setdefaulttimeout(previous_timeout)
     net.load_state_dict(state_dict)
+    classifier = net.fc if isinstance(getattr(net, "fc", None), nn.Linear) else None  # ResNets: one Linear on v
     feature_dim = _replace_classifier_with_identity(net)
     preprocessing = Preprocessing(weights.transforms().crop_size[0], "squeeze", IMAGENET_PREPROCESSING.mean, IMAGENET_PREPROCESSING.std)
     weights_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    return Encoder(name, net, feature_dim, preprocessing, sha256_file(weights_file))
+    return Encoder(name, net, feature_dim, preprocessing, sha256_file(weights_file), classifier=classifier)
 
 
 def _replace_classifier_with_identity(net: nn.Module) -> int:

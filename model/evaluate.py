@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--consensus-weight", type=float,
                         help="rerank the finished beams by log p + this * consensus agreement, 0: off (default: the weights'; "
                              "above 0 needs a reranker in the weights, model.fit_reranker)")
+    parser.add_argument("--guided", action=argparse.BooleanOptionalAction,
+                        help="make each caption say the photo's confident tags (default: the weights')")
+    parser.add_argument("--tag-threshold", type=float,
+                        help="calibrated probability from which a tag is shown and may be forced (default: the weights')")
+    parser.add_argument("--forced-tags", type=int, help="the most tags a guided caption must say (default: the weights')")
     parser.add_argument("--set-defaults", action="store_true",
                         help="record this decoding as the weights' serving default, and these scores in their manifest")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
@@ -64,6 +69,7 @@ from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.encoder import Encoder
 from model.features import extract_features, report_skipped
 from model.options import Decoding
+from model.tags import Tag, word_forms
 from model.vocab import tokenize
 from model.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
 
@@ -83,11 +89,12 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     return {name: None if scores[name] is None else float(scores[name]) for name in METRICS}
 
 
-def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, reranker=None, batch_size: int = 256) -> list[str]:
+def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, reranker=None, tagger=None,
+                  batch_size: int = 256) -> list[str]:
     """Best caption for each row of features [N, D], decoded in batches of images."""
     captions = []
     for chunk in features.split(batch_size):
-        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding, reranker=reranker)]
+        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding, reranker=reranker, tagger=tagger)]
     return captions
 
 
@@ -108,13 +115,29 @@ def evaluate_split(
 ) -> tuple[dict, dict[str, str]]:
     """Scores of the captioner on `items`, and its caption for each image file name."""
     items, features, skipped = readable_features(captioner.encoder, items, cache_dir)
-    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding, captioner.reranker)
+    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding, captioner.reranker, captioner.tagger)
     predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
     references = {item.image_path.name: list(item.captions) for item in items}
     scores = score_captions(predictions, references, meteor)
+    if captioner.tagger is not None:
+        scores |= tag_scores(captioner.tags(features, decoding), [item.captions for item in items], captioner.tagger.words)
     scores["n_images"] = len(items)
     scores["n_skipped"] = skipped
     return scores, predictions
+
+
+def tag_scores(tags: list[list[Tag]], references: list[list[str]], words: list[str]) -> dict:
+    """Tags against the photos' human captions: a tag is right when a caption says its word or the
+    word's plural. Precision: the share of tags shown that are right; recall: the share of the map's
+    words said in a photo's captions that its tags name."""
+    shown = right = said = 0
+    for per_image, captions in zip(tags, references):
+        tokens = {token for caption in captions for token in tokenize(caption)}
+        mentioned = {word for word in words if tokens & set(word_forms(word))}
+        shown += len(per_image)
+        right += sum(tag.word in mentioned for tag in per_image)
+        said += len(mentioned)
+    return {"tags_shown": shown, "tag_precision": right / shown if shown else None, "tag_recall": right / said if said else None}
 
 
 def print_table(scores: dict, file=sys.stdout) -> None:
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {args.weights} has no consensus reranker: fit one with python -m model.fit_reranker\n")
     decoding = captioner.decoding.but(beam_size=args.beam_size, length_penalty=args.length_penalty,
                                       block_ngram=args.block_ngram, max_length=args.max_length,
-                                      consensus_weight=args.consensus_weight)
+                                      consensus_weight=args.consensus_weight, guided=args.guided,
+                                      tag_threshold=args.tag_threshold, forced_tags=args.forced_tags)
     scores, predictions = evaluate_split(captioner, items, decoding, args.cache_dir)
     scores |= synthetic_scores(Path(args.data), predictions)
     shown = ", ".join(f"{name} {value}" for name, value in decoding.to_dict().items())

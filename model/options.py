@@ -22,6 +22,9 @@ class Decoding:
     block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
     max_length: int = 20  # words
     consensus_weight: float = 0.0  # rerank the finished beams by log p + this * agreement (model.consensus); 0: off
+    guided: bool = False  # the caption must say the first forced_tags tags (model.tags, model.beam's constrained search)
+    tag_threshold: float = 0.5  # a tag is shown, and may be forced, from this calibrated probability on
+    forced_tags: int = 1  # the most tags a guided caption must say, best first
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from model.consensus import RERANKER_FILE, ConsensusReranker
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import sha256_file
 from model.files import atomic_write
+from model.tags import TAGS_FILE, read_tag_map
 from model.vocab import Vocab
 
 DECODER_FILE = "decoder.safetensors"
@@ -63,9 +64,9 @@ def verify(directory: str | Path) -> dict:
     manifest = read_manifest(directory)
     expected = manifest.get("files")
     required = {DECODER_FILE, VOCAB_FILE, CONFIG_FILE}
-    if not isinstance(expected, dict) or not required <= set(expected) <= required | {RERANKER_FILE}:
+    if not isinstance(expected, dict) or not required <= set(expected) <= required | {RERANKER_FILE, TAGS_FILE}:
         raise WeightsError(f"{directory / MANIFEST_FILE} does not list the sha256 of {DECODER_FILE}, {VOCAB_FILE}, {CONFIG_FILE} "
-                           f"(and of {RERANKER_FILE}, if there is one) and nothing else")
+                           f"(and of {RERANKER_FILE} and {TAGS_FILE}, if there are) and nothing else")
     if manifest.get("decoding", {}).get("consensus_weight") and RERANKER_FILE not in expected:
         raise WeightsError(f"{directory / MANIFEST_FILE}: its decoding reranks by consensus, but it lists no {RERANKER_FILE} "
                            "(fit one with python -m model.fit_reranker)")
@@ -111,6 +112,28 @@ def add_reranker(directory: str | Path, reranker: ConsensusReranker, details: di
     manifest["consensus"] = details
     write_manifest(directory, manifest)
     return manifest
+
+
+def add_tag_map(directory: str | Path, tag_map: dict, details: dict) -> dict:
+    """Save the tag map (model.tag_map) into a verified weights folder and list it in the manifest,
+    with `details` ("tags": how it was made); returns the manifest. A calibration already there is kept."""
+    manifest = verify(directory)
+    path = Path(directory) / TAGS_FILE
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(tag_map, indent=1) + "\n"))
+    manifest["files"][TAGS_FILE] = sha256_file(path)
+    manifest["tags"] = {**details, **{key: value for key, value in manifest.get("tags", {}).items() if key not in details}}
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def load_tag_map(directory: str | Path, manifest: dict) -> dict | None:
+    """The tag map of a verified weights folder, None if it has none."""
+    if TAGS_FILE not in manifest["files"]:
+        return None
+    try:
+        return read_tag_map(Path(directory) / TAGS_FILE)
+    except (ValueError, KeyError) as error:
+        raise WeightsError(f"{Path(directory) / TAGS_FILE}: {error}") from error
 
 
 def load_reranker(directory: str | Path, manifest: dict) -> ConsensusReranker | None:

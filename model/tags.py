@@ -1,0 +1,108 @@
+"""Tags: what the CNN's own ImageNet classifier sees in a photo, as the words a caption would use.
+
+The classifier head of the encoder (1,000 ImageNet classes) reads the very vector v the decoder
+reads. The weights' tag map (tags.json, written by model.tag_map from WordNet) gives each class its
+caption word, or none; a word's probability is the sum of its classes' softmax probabilities
+("tabby", "tiger cat" and "Egyptian cat" all say "cat"), calibrated by Platt scaling
+(TagCalibration, fitted by model.calibrate on training photos: the probability that a human caption
+of the photo uses the word or its plural). Tags at or above the decoding's tag_threshold are shown
+with every caption; with decoding.guided the first forced_tags of them must appear in the caption
+(model.beam's constrained search), each satisfied by any of the map's words for it ("dog", "dogs",
+"puppy", "terrier").
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+TAGS_FILE = "tags.json"
+MAX_TAGS = 5  # shown with a caption, best first
+
+
+class TagMapError(ValueError):
+    """The tag map does not fit the weights (a word outside the vocabulary, a class count the CNN lacks)."""
+
+
+@dataclass(frozen=True)
+class Tag:
+    word: str  # what a caption would say: "cat"
+    class_name: str  # the most probable ImageNet class behind it: "Egyptian cat"
+    probability: float  # calibrated: how likely a human caption of the photo says the word
+
+
+@dataclass(frozen=True)
+class TagCalibration:
+    """P(a caption says the word) = sigmoid(slope * logit(p) + intercept), p the word's summed class
+    probability. The identity (1, 0) for a map never calibrated."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        p = probabilities.double().clamp(1e-9, 1 - 1e-9)
+        return torch.sigmoid(self.slope * torch.log(p / (1 - p)) + self.intercept).to(probabilities.dtype)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def word_forms(noun: str) -> tuple[str, ...]:
+    """The noun and its regular plurals: what counts as a caption saying a tag's word."""
+    return (noun, noun + "s", noun + "es", *([noun[:-1] + "ies"] if noun.endswith("y") else []))
+
+
+def read_tag_map(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class Tagger:
+    """The classifier head, the tag map and its calibration: features [B, D] -> tags, and the
+    vocabulary ids that satisfy each forced tag."""
+
+    def __init__(self, classifier: torch.nn.Linear, tag_map: dict, calibration: TagCalibration, vocab_index: dict[str, int]):
+        classes = tag_map["classes"]
+        if len(classes) != classifier.out_features:
+            raise TagMapError(f"the tag map names {len(classes)} classes, but the CNN's classifier has {classifier.out_features}")
+        self.classifier = classifier
+        self.calibration = calibration
+        self.words = sorted({entry["word"] for entry in classes if entry["word"] is not None})
+        missing = [word for word in self.words if word not in vocab_index]
+        if missing:
+            raise TagMapError(f"tag words missing from the vocabulary: {', '.join(missing[:10])}: rebuild the map for these "
+                              "weights (python -m model.tag_map --weights DIR --classes imagenet_classes.tsv)")
+        column = {word: i for i, word in enumerate(self.words)}
+        self.class_names = [entry["name"] for entry in classes]
+        # Classes without a word go to an extra column, dropped after summing
+        self.class_to_word = torch.tensor([column.get(entry["word"], len(self.words)) for entry in classes])  # [C]
+        self.satisfying_ids = [[vocab_index[w] for w in tag_map["words"][word] if w in vocab_index] for word in self.words]
+
+    @torch.inference_mode()
+    def word_probabilities(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, D] -> each word's summed class probability [B, W], not calibrated, and the
+        class probabilities [B, C]."""
+        classes = torch.softmax(self.classifier(features.to(self.classifier.weight)).float().cpu(), dim=1)  # [B, C]
+        summed = classes.new_zeros(classes.size(0), len(self.words) + 1)
+        summed.scatter_add_(1, self.class_to_word.expand_as(classes), classes)
+        return summed[:, :-1], classes
+
+    def tags(self, features: torch.Tensor, threshold: float) -> list[list[Tag]]:
+        """Per image, the words whose calibrated probability reaches threshold, best first, at most MAX_TAGS."""
+        summed, classes = self.word_probabilities(features)
+        probabilities = self.calibration(summed)
+        values, columns = probabilities.topk(min(MAX_TAGS, len(self.words)), dim=1)
+        return [[Tag(self.words[w], self._top_class(classes[b], w), round(p, 4))
+                 for p, w in zip(values[b].tolist(), columns[b].tolist()) if p >= threshold]
+                for b in range(features.size(0))]
+
+    def _top_class(self, classes: torch.Tensor, word: int) -> str:
+        members = (self.class_to_word == word).nonzero()[:, 0]
+        return self.class_names[members[classes[members].argmax()]]
+
+    def constraints(self, tags: list[list[Tag]], count: int) -> list[list[list[int]]]:
+        """Per image, its first `count` tags as what model.beam must fit in: each the ids of the words that say it."""
+        column = {word: i for i, word in enumerate(self.words)}
+        return [[self.satisfying_ids[column[tag.word]] for tag in per_image[:count]] for per_image in tags]
