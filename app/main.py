@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import NoReturn
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     errors.install(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Browsers ask for /favicon.ico where a page links no icon (a JSON answer, /metrics): the page's icon, not a 404.
+    app.add_route("/favicon.ico", lambda _: FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml"),
+                  include_in_schema=False)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)

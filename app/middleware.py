@@ -7,6 +7,7 @@ import logging
 import time
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
@@ -111,7 +112,7 @@ class AccessLog:
             await self.app(scope, receive, recording_send)
         finally:
             seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"  # bounded label set, even under fuzzing
+            route = route_label(scope)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             line = {"route": route, "method": scope["method"], "status": status, "ms": round(seconds * 1000, 2)}
@@ -119,6 +120,33 @@ class AccessLog:
             if batch_size is not None:
                 line["batch_size"] = batch_size
             logger.info(json.dumps(line))
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route a request was sent to, or "unmatched": a bounded label set, even under fuzzing.
+
+    A request that BodySizeLimit refused (413) never reached the router, so its scope names no route:
+    the app's routes are asked here which one it was for, as the router asks them."""
+    route = scope.get("route")
+    if route is None and "app" in scope:
+        route = _routed(scope["app"].router.routes, dict(scope))  # a copy: matching may note things in the scope
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _routed(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+    """The route the router would hand the request to: the first full match, else the first partial one (a 405)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        included = getattr(route, "original_router", None)  # recent FastAPI keeps an included router as one route
+        if included is not None:
+            route = _routed(included.routes, scope)
+        if match is Match.FULL:
+            return route
+        partial = partial or route
+    return partial
 
 
 async def _json_response(send: Send, status: int, detail: str) -> None:

@@ -384,3 +384,20 @@ def test_the_fp32_runtimes_serve_the_same_caption_and_the_log_says_which_runs(se
         assert [c["confidence"] for c in eager_captions] == pytest.approx([c["confidence"] for c in onnx_captions], abs=1e-4)
         assert "CNN through eager" in eager.output() and "CNN through onnxruntime" in onnx.output()
     assert "CNN through openvino-" in served.output()
+
+
+def test_metrics_file_an_upload_refused_for_its_size_under_its_route(server):
+    """BodySizeLimit answers 413 before the router has run: /metrics still counts it under /v1/captions, not "unmatched"."""
+    def refused(route: str) -> float:
+        text = httpx.get(f"{server}/metrics").text
+        found = re.search(rf'^captioner_requests_total\{{route="{route}",status="413"\}} (\S+)', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = refused("/v1/captions"), refused("unmatched")
+    status, _ = send_raw(server, b"POST /v1/captions HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 20000000\r\n\r\n")
+    assert status == "HTTP/1.1 413 Request Entity Too Large"
+    deadline = time.time() + 5  # the count is taken just after the answer is sent
+    while refused("/v1/captions") == before[0] and time.time() < deadline:
+        time.sleep(0.05)
+    assert (refused("/v1/captions"), refused("unmatched")) == (before[0] + 1, before[1])
