@@ -24,8 +24,8 @@ from app.local_server import running_server
 from app.routes import caption_response
 from bench.common import (
     MAX_PIXELS, cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds,
-    parser, percentiles_ms, photo_jpeg, positive, print_table, repeat_timed, server_settings, serving_beam_size,
-    write_json,
+    parser, percentiles_ms, positive, print_table, repeat_timed, server_settings, serving_beam_size,
+    test_photo, write_json,
 )
 
 ROUTE = "/v1/captions"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=positive, default=100, help="in-process timings of each stage and of naive (default 100)")
     args = p.parse_args(argv)
     args.beam_size = args.beam_size or serving_beam_size(args.weights)
-    jpeg = photo_jpeg()
+    jpeg = test_photo(args)
 
     print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
     with running_server(weights_dir=args.weights.resolve()) as server:

@@ -23,7 +23,7 @@ import sys
 from app.local_server import running_server
 from bench.common import (
     cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
-    photo_jpeg, positive, print_table, server_settings, serving_beam_size, write_json,
+    positive, print_table, server_settings, serving_beam_size, test_photo, write_json,
 )
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-images", type=positive, default=50, help="images through the naive loop (default 50)")
     args = p.parse_args(argv)
     args.beam_size = args.beam_size or serving_beam_size(args.weights)
-    jpeg = photo_jpeg()
+    jpeg = test_photo(args)
 
     levels = []
     with running_server(weights_dir=args.weights.resolve()) as server:

@@ -18,7 +18,7 @@ from PIL import Image
 from app.images import decode_image
 from app.settings import Settings
 from model.captioner import Captioner
-from tests.conftest import WEIGHTS, encoded, running_server, scene
+from tests.conftest import ROOT, WEIGHTS, encoded, running_server, scene
 
 
 def post(url, data: bytes, filename="image", content_type="application/octet-stream", timeout=60, **params):
@@ -50,7 +50,7 @@ def test_jpeg_and_png_get_captions(server, fmt, content_type):
     response = post(server, encoded(scene(), fmt), content_type=content_type, beam_size=4, num_captions=3)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"captions", "low_confidence", "model", "elapsed_ms"}
+    assert set(body) == {"captions", "tags", "low_confidence", "model", "elapsed_ms"}
     assert body["model"].startswith("captioner-")
     texts = [c["text"] for c in body["captions"]]
     log_probs = [c["log_prob"] for c in body["captions"]]
@@ -136,7 +136,7 @@ def test_bad_images_get_clear_errors(server, data, status, message):
 @pytest.mark.parametrize(
     "params",
     [{"beam_size": 0}, {"beam_size": 11}, {"max_length": 4}, {"max_length": 51}, {"num_captions": 0},
-     {"beam_size": 2, "num_captions": 3}, {"beam_size": "three"}],
+     {"beam_size": 2, "num_captions": 3}, {"beam_size": "three"}, {"guided": "maybe"}],
 )
 def test_bad_parameters_get_422(server, params):
     response = post(server, encoded(scene(), "PNG"), **params)
@@ -252,12 +252,36 @@ def test_model_info(server):
     info = httpx.get(f"{server}/v1/model").json()
     assert info["encoder"]["name"] == "efficientnet-lite0"
     assert info["vocab_size"] > 4
-    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json", "reranker.safetensors"}
+    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json", "reranker.safetensors", "tags.json"}
     # The shipped weights: trained on Flickr8k's train split, scored on its validation split.
     assert info["data"]["name"] == "Flickr8k" and info["data"]["splits"]["train"]["images"] == 6000
     assert info["scores"]["val"]["CIDEr"] > 0.4 and "test" not in info["scores"]
     assert info["decoding"]["beam_size"] >= 1
     assert info["decoding"]["consensus_weight"] > 0 and info["consensus"]["fitted_on"] == "6000 Flickr8k training photos"
+    assert info["decoding"]["guided"] is True and 0 < info["decoding"]["tag_threshold"] < 1
+    tags = info["tags"]
+    assert tags["available"] is True and "WordNet 3.0" in tags["map"]
+    assert tags["calibration"]["slope"] > 0 and "training photos" in tags["fitted_on"]
+    assert tags["held_out"]["Flickr8k"]["expected_calibration_error"] < 0.1
+
+
+@pytest.mark.parametrize("photo, word", [("cat.jpg", "cat"), ("coffee.jpg", "coffee"), ("cameraman.jpg", "tripod")])
+def test_a_photo_gets_its_tags_and_a_caption_that_says_the_first(server, photo, word):
+    data = (ROOT / "docs" / "examples" / photo).read_bytes()
+    guided = post(server, data, content_type="image/jpeg").json()
+    first = guided["tags"][0]
+    assert first["word"] == word and first["probability"] >= 0.5 and first["class_name"]
+    assert word in guided["captions"][0]["text"].split()
+    assert 0 <= guided["captions"][0]["confidence"] <= 1
+    plain = post(server, data, content_type="image/jpeg", guided="false").json()
+    assert plain["tags"] == guided["tags"]  # tags come either way; only the caption changes
+
+
+def test_a_photo_without_confident_tags_gets_a_plain_caption_and_no_tags(server):
+    data = encoded(Image.new("RGB", (320, 240), (128, 128, 128)), "PNG")
+    guided, plain = (post(server, data, guided=value).json() for value in ("true", "false"))
+    assert guided["tags"] == [] == plain["tags"]
+    assert guided["captions"] == plain["captions"]
 
 
 def test_health_metrics_docs_and_page(server):
@@ -352,11 +376,12 @@ def test_timeout_gets_504_and_the_service_goes_on():
         assert httpx.get(f"{server.url}/v1/model").status_code == 200
 
 
-@pytest.mark.parametrize("damage", ["flip", "delete"])
-def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage):
+@pytest.mark.parametrize("damage, name", [("flip", "decoder.safetensors"), ("delete", "decoder.safetensors"),
+                                          ("flip", "tags.json")])
+def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, name):
     copy = tmp_path / "weights"
     shutil.copytree(WEIGHTS, copy)
-    target = copy / "decoder.safetensors"
+    target = copy / name
     if damage == "flip":
         data = bytearray(target.read_bytes())
         data[-1] ^= 0xFF
