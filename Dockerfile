@@ -1,4 +1,4 @@
-# Builds offline, from wheels gathered on the host first (README, "Container"):
+# Builds offline, from wheels gathered on the host first (docs/deploy.md):
 #   python3 scripts/wheelhouse.py && docker build -t captioner .
 # BASE: any image with Python 3.11 and its venv module (tests/test_container.py builds on a Debian
 # bookworm image it makes itself). The torch wheel in the wheelhouse decides CPU-only or CUDA; the

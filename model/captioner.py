@@ -29,7 +29,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """"auto" is int8 on a CPU (weights in int8, run by OpenVINO's compressed-weight matmul: the
-    fastest beam search there, dev CIDEr within 1% of fp32's, bench README); on a GPU bf16 where it
+    fastest beam search there, dev CIDEr within 1% of fp32's, docs/performance.md); on a GPU bf16 where it
     multiplies in it (Ampere and later), else fp32. native_precision is what a CPU falls back to."""
     if precision == "int8" and device.type != "cpu":
         raise ValueError(f"int8 decoder weights run on the CPU only, not on {device}: use bf16 or fp32")

@@ -214,7 +214,7 @@ class OpenVINOInt8Linear(nn.Module):
     multiplies a few rows by the weights, so it costs what reading them costs, and int8 reads a
     quarter of fp32's bytes and half of bf16's. On the Xeon with AMX the matmul ran 1.4x faster than
     torch's bf16 one; on a Zen 4 EPYC (no AMX) 2.5x slower, yet int8 is the faster decoder there
-    too, since its whole search is one graph (model.beam_graph; bench README, tenth step).
+    too, since its whole search is one graph (model.beam_graph; docs/performance.md, "The beam search").
 
     Each row is quantized on its own, so its output never depends on the other rows
     (tests/test_decoder.py). The output is 1.0% from fp32's (0.84% with the inputs left in fp32, at
@@ -285,7 +285,7 @@ def compile_on_cpu(model):
     decoder before it keeps torch to one thread (app.batcher.serving_threads). There, one image at a
     time, beam 3, two threads made a request 3 ms faster at p50 than one (28 against 30.5 ms), for
     about 9 ms more CPU time, and left 8 clients' images/s as they were; the whole search as one
-    graph (model.beam_graph) took 5.7-6.0 ms a caption on two threads, 7.2 on one (bench README)."""
+    graph (model.beam_graph) took 5.7-6.0 ms a caption on two threads, 7.2 on one (docs/performance.md)."""
     from model.encoder import openvino_core
 
     return openvino_core().compile_model(model, "CPU", {

@@ -174,7 +174,7 @@ class _EfficientNetLiteTrunk(nn.Module):
     - head-mean+grids: both (2,368-d).
 
     For photos, the head's mean reads out what is in a picture best (scripts/probe_v.py on
-    Flickr8k) and trains the best decoder (README, ablation table): it is the default.
+    Flickr8k) and trains the best decoder (docs/quality.md, the ablation table): it is the default.
     """
 
     GRID_BLOCKS = (6, 12)

@@ -6,7 +6,7 @@
 Both print the dev scores of the first weights folder alone (its serving decoding) and of the probe.
 
 Several --weights folders (decoders trained on the same CNN features with the same vocabulary, such
-as the README's ablation runs): beam search over their ensemble, each step's word probabilities
+as docs/quality.md's ablation runs): beam search over their ensemble, each step's word probabilities
 averaged. An ensemble stands in for a better-trained LSTM on the same v: if five decoders together
 score little higher than one, the decoder's training is not what holds the scores back.
 

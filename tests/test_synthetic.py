@@ -110,7 +110,7 @@ def test_written_captions_name_their_objects_and_background(scenes_dir):
 
 def test_two_object_captions_name_the_left_object_first():
     """Every wording names the left object first: a decoder that sees v but no attention map cannot tell,
-    at the first colour word, which object a sentence will start with (README, Quality)."""
+    at the first colour word, which object a sentence will start with (docs/synthetic.md)."""
     scene = {"background": "gray", "objects": [{"colour": "red", "shape": "circle", "size": "small"},
                                                {"colour": "orange", "shape": "star", "size": "large"}]}
     assert caption_scene(scene) == [
