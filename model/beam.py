@@ -13,6 +13,10 @@ step fills each group from the candidates of every group whose state, with the n
 the group's (transitions). The caption comes from the group that has met the most constraints
 (all of them, unless the sentence could not fit them in max_length words). With no constraints
 S = 1, and it is plain beam search.
+
+The search of an image is over once its target group (all its constraints met) holds K finished
+sentences that every unfinished one already scores below: a word only lowers a score, so nothing
+can displace them. With S = 1 that is the usual rule, every beam finished.
 """
 from __future__ import annotations
 
@@ -59,8 +63,10 @@ def beam_search(
     B, K = features.size(0), beam_size
     V = decoder.config.vocab_size
     device = features.device
-    transitions = _transitions(constraints or [[] for _ in range(B)], V, device)  # [B, S, S, V]
+    constraints = constraints or [[] for _ in range(B)]
+    transitions = _transitions(constraints, V, device)  # [B, S, S, V]
     S = transitions.size(1)
+    targets = torch.tensor([2 ** len(per_image) - 1 for per_image in constraints], dtype=torch.long)  # [B]: all met
 
     # W_ih v once per image, then copied to its S * K rows; in fp32 once here, not at every step
     state = tuple(part.float().repeat_interleave(S * K, dim=0) for part in decoder.start(features))
@@ -75,11 +81,11 @@ def beam_search(
     banned_first[end_id] = float("-inf")  # a caption has at least one word
 
     if decoder.beam_graph is not None:  # the int8 decoder: the whole loop in one OpenVINO call
-        scores, histories = decoder.beam_graph.search(tokens, state, scores, transitions, banned_first, banned, only_end,
-                                                      end_id, max_length, block_ngram)
+        scores, histories = decoder.beam_graph.search(tokens, state, scores, transitions, targets, banned_first, banned,
+                                                      only_end, end_id, max_length, block_ngram)
     else:
-        scores, histories = _search(decoder, tokens, state, scores, transitions, banned_first, banned, only_end, end_id,
-                                    max_length, block_ngram)
+        scores, histories = _search(decoder, tokens, state, scores, transitions, targets, banned_first, banned, only_end,
+                                    end_id, max_length, block_ngram)
     scores = scores.view(B, S, K).tolist()
     best = []
     for b in range(B):
@@ -106,10 +112,10 @@ def _transitions(constraints: Sequence[Sequence[Sequence[int]]], vocab_size: int
 
 
 def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
-            banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int,
-            block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
-    """The search's steps: tokens [B*S*K], the state, scores [B*S, K], transitions [B, S, S, V] and
-    the bans [V] -> the beams' scores [B*S, K] and their words."""
+            targets: torch.Tensor, banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int,
+            max_length: int, block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """The search's steps: tokens [B*S*K], the state, scores [B*S, K], transitions [B, S, S, V], each
+    image's target group [B] and the bans [V] -> the beams' scores [B*S, K] and their words."""
     B, S = transitions.shape[:2]
     K = scores.size(1)
     V = only_end.numel()
@@ -145,9 +151,17 @@ def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.
         index = torch.tensor(rows, dtype=torch.long, device=tokens.device)  # long also when there are no images
         state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
         tokens = torch.tensor(words, dtype=torch.long, device=tokens.device)
-        if all(done or score == float("-inf") for done, score in zip(finished, scores.view(-1).tolist())):
-            break  # every beam has ended, or holds nothing: a group no sentence has reached yet stays empty
+        if _over(scores.view(B, S, K).cpu(), torch.tensor(finished, dtype=torch.bool).view(B, S, K), targets):
+            break
     return scores, histories
+
+
+def _over(scores: torch.Tensor, finished: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether every image's search is over (the module's docstring): scores and finished [B, S, K], targets [B]."""
+    unfinished = torch.where(~finished & (scores > float("-inf")), scores, float("-inf")).amax(dim=(1, 2))  # [B]
+    target = scores[torch.arange(scores.size(0)), targets]  # [B, K]
+    full = (finished[torch.arange(scores.size(0)), targets] & (target > float("-inf"))).all(dim=1)
+    return bool(((unfinished == float("-inf")) | (full & (target.amin(dim=1) >= unfinished))).all())
 
 
 def _repeats(histories: list[list[int]], finished: list[bool], n: int) -> tuple[list[int], list[int]]:

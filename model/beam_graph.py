@@ -34,13 +34,13 @@ class BeamGraph:
         self._check_it_runs(word_gates.size(0), hidden_dim)
 
     def search(self, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
-               banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int, max_length: int,
-               block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
+               targets: torch.Tensor, banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int,
+               max_length: int, block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
         """What model.beam's loop takes and gives: tokens [B*S*K], the state (W_h h, c, W_ih v + b,
-        fp32), scores [B*S, K], transitions [B, S, S, V] and the bans [V] -> the beams' scores
-        [B*S, K] and their words."""
+        fp32), scores [B*S, K], transitions [B, S, S, V], each image's target group [B] and the
+        bans [V] -> the beams' scores [B*S, K] and their words."""
         recurrent, c, image_gates = state
-        inputs = [tokens, recurrent, c, image_gates, scores, transitions, banned_first, banned, only_end,
+        inputs = [tokens, recurrent, c, image_gates, scores, transitions, targets, banned_first, banned, only_end,
                   torch.tensor(end_id), torch.tensor(max_length), torch.tensor(block_ngram)]
         with self._request_lock:  # the outputs are the request's buffers until copied: its next call overwrites them
             outputs = self._request.infer([x.contiguous().numpy() for x in inputs], share_inputs=True, share_outputs=True)
@@ -56,7 +56,8 @@ class BeamGraph:
         zeros = torch.zeros(V)
         self.search(torch.zeros(N, dtype=torch.long), (torch.zeros(N, 4 * hidden_dim), torch.zeros(N, hidden_dim),
                     torch.randn(N, 4 * hidden_dim, generator=torch.Generator().manual_seed(0))), scores,
-                    torch.zeros(2, 1, 1, V), zeros, zeros, zeros, end_id=0, max_length=4, block_ngram=2)
+                    torch.zeros(2, 1, 1, V), torch.zeros(2, dtype=torch.long), zeros, zeros, zeros, end_id=0, max_length=4,
+                    block_ngram=2)
 
 
 def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_dim: int):
@@ -86,9 +87,10 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     t = ops.parameter([1], i64, name="t")
     image_gates = ops.parameter([-1, 4 * H], f32, name="image_gates")  # [N, 4H]: W_ih v + b
     transitions = ops.parameter([-1, -1, -1, V], f32, name="transitions")  # [B, S, S, V]
+    targets = ops.parameter([-1], i64, name="targets")  # [B]: the state with all of an image's constraints met
     banned_first, banned, only_end = (ops.parameter([V], f32, name=name) for name in ("banned_first", "banned", "only_end"))
     end_id, block_ngram = (ops.parameter([], i64, name=name) for name in ("end_id", "block_ngram"))
-    body_inputs = [tokens, recurrent, c, scores, finished, words, matched_suffix, t, image_gates, transitions,
+    body_inputs = [tokens, recurrent, c, scores, finished, words, matched_suffix, t, image_gates, transitions, targets,
                    banned_first, banned, only_end, end_id, block_ngram]
 
     gates = ops.add(ops.add(image_gates, ops.gather(ops.constant(word_gates.numpy()), tokens, 0)), recurrent)  # [N, 4H]
@@ -128,8 +130,18 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     new_matched_suffix = ops.select(extended, ops.add(shift_right(ops.gather(matched_suffix, rows, 0), 0), const(1)), const(0))
     new_words = ops.scatter_update(new_words, t, ops.unsqueeze(new_tokens, const([1])), const(1))
     new_finished = ops.logical_or(ops.gather(finished, rows, 0), ops.equal(new_tokens, end_id))
-    empty = ops.equal(ops.reshape(new_scores, const([-1]), False), const(-np.inf, np.float32))  # a group no sentence reached yet
-    go_on = ops.logical_not(ops.reduce_logical_and(ops.logical_or(new_finished, empty), const(0), False))
+    # Over for an image once its target group holds K finished sentences that every unfinished one scores below (model.beam)
+    by_image = ops.concat([const([-1]), ops.unsqueeze(S, const([0])), ops.unsqueeze(K, const([0]))], 0)
+    image_scores, image_finished = ops.reshape(new_scores, by_image, False), ops.reshape(new_finished, by_image, False)  # [B, S, K]
+    minus_inf = const(-np.inf, np.float32)
+    live = ops.logical_and(ops.logical_not(image_finished), ops.greater(image_scores, minus_inf))
+    unfinished = ops.reduce_max(ops.select(live, image_scores, minus_inf), const([1, 2]), False)  # [B]
+    target = ops.gather(image_scores, targets, 1, 1)  # [B, K]
+    full = ops.reduce_logical_and(ops.logical_and(ops.gather(image_finished, targets, 1, 1), ops.greater(target, minus_inf)),
+                                  const([1]), False)
+    over = ops.logical_or(ops.equal(unfinished, minus_inf),
+                          ops.logical_and(full, ops.greater_equal(ops.reduce_min(target, const([1]), False), unfinished)))
+    go_on = ops.logical_not(ops.reduce_logical_and(over, const([0]), False))
     body_outputs = [new_tokens, ops.gather(next_recurrent, rows, 0), ops.gather(new_c, rows, 0), new_scores, new_finished,
                     new_words, new_matched_suffix, go_on]
     body_outputs = [output if isinstance(output, openvino.Output) else output.output(0) for output in body_outputs]
@@ -137,8 +149,8 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     # The loop: at most max_length steps, and none once every beam has ended
     outer = {name: ops.parameter(shape, dtype, name=name) for name, shape, dtype in (
         ("tokens", [-1], i64), ("recurrent", [-1, 4 * H], f32), ("c", [-1, H], f32), ("image_gates", [-1, 4 * H], f32),
-        ("scores", [-1, -1], f32), ("transitions", [-1, -1, -1, V], f32), ("banned_first", [V], f32), ("banned", [V], f32),
-        ("only_end", [V], f32),
+        ("scores", [-1, -1], f32), ("transitions", [-1, -1, -1, V], f32), ("targets", [-1], i64), ("banned_first", [V], f32),
+        ("banned", [V], f32), ("only_end", [V], f32),
         ("end_id", [], i64), ("max_length", [], i64), ("block_ngram", [], i64))}
     table_shape = ops.concat([ops.shape_of(outer["tokens"]), ops.unsqueeze(outer["max_length"], const([0]))], 0)  # [N, T]
     starts = {**outer, "finished": ops.broadcast(const(False, bool), ops.shape_of(outer["tokens"])),

@@ -143,7 +143,10 @@ def tag_scores(tags: list[list[Tag]], references: list[list[str]], words: list[s
 def print_table(scores: dict, file=sys.stdout) -> None:
     width = max(map(len, scores), default=0)
     for name, value in scores.items():
-        shown = "missing (no java)" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+        if value is None:  # METEOR without Java; tag precision or recall without a tag shown or said
+            shown = "missing (no java)" if name == "METEOR" else "-"
+        else:
+            shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{name:>{width}}  {shown}", file=file)
 
 
