@@ -116,9 +116,7 @@ class Batcher:
     def _run(self, load: Callable[[], Captioner], loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
         """The inference thread: load and warm up, then serve batches until stop."""
         try:
-            captioner = load()
-            serving_threads(captioner)
-            captioner.caption([Image.new("RGB", WARM_UP_IMAGE_SIZE, "gray")])
+            captioner = prepare(load())
         except Exception as error:
             _settle(loop, loaded, error=_passable(error))
             return
@@ -131,13 +129,13 @@ class Batcher:
             if not batch:
                 continue
             try:
-                results = self._infer(captioner, batch)
+                results = infer(captioner, [job.pixels for job in batch], [job.params for job in batch], self.metrics)
             except Exception as error:  # a model failure answers its own requests, the service keeps going
                 for job in batch:
                     _settle(loop, job.future, error=_passable(error))
                 continue
-            for job, (captions, confidences, tags) in zip(batch, results):
-                _settle(loop, job.future, Result(captions, confidences, tags, len(batch)))
+            for job, result in zip(batch, results):
+                _settle(loop, job.future, result)
 
     def _next_batch(self, wait_s: float) -> list[Job]:
         """The next job, whenever it comes, then whatever follows it within wait_s, up to max_batch_size."""
@@ -151,22 +149,35 @@ class Batcher:
         self.metrics.queue_depth.set(self.queue.qsize())
         return [job for job in batch if job is not None]
 
-    def _infer(self, captioner: Captioner, batch: list[Job]) -> list[tuple[list[tuple[str, float]], list[float] | None, list[Tag]]]:
-        self.metrics.batch_size.observe(len(batch))
-        started = time.perf_counter()
-        features = captioner.encoder.encode_pixels(torch.stack([job.pixels for job in batch]))  # [B, D]
-        encoded = time.perf_counter()
-        self.metrics.stage_seconds.labels("cnn").observe(encoded - started)
-        results: list = [None] * len(batch)
-        for params in {job.params for job in batch}:
-            rows = [i for i, job in enumerate(batch) if job.params == params]
-            captions = captioner.describe(features[rows], params.decoding, params.num_captions)
-            confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
-            tags = captioner.tags(features[rows], params.decoding)
-            for row, per_image, confidence, image_tags in zip(rows, captions, confidences, tags):
-                results[row] = (per_image, confidence, image_tags)
-        self.metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
-        return results
+
+def prepare(captioner: Captioner) -> Captioner:
+    """A loaded model made ready to serve, on the thread that will run it: torch's threads as the
+    service sets them (serving_threads), then one warm-up caption (first-call allocations)."""
+    serving_threads(captioner)
+    captioner.caption([Image.new("RGB", WARM_UP_IMAGE_SIZE, "gray")])
+    return captioner
+
+
+def infer(captioner: Captioner, pixels: list[torch.Tensor], params: list[Params], metrics: Metrics) -> list[Result]:
+    """One batch, the service's inference step (the batcher's, and app.bulk's in process): the CNN
+    once on all the photos (each Captioner.encoder.preprocess's [3, size, size]), then one batched
+    beam search per distinct params among them. Per photo, in order: its captions, their
+    confidences and its tags. metrics gets the batch size and each stage's time."""
+    metrics.batch_size.observe(len(pixels))
+    started = time.perf_counter()
+    features = captioner.encoder.encode_pixels(torch.stack(pixels))  # [B, D]
+    encoded = time.perf_counter()
+    metrics.stage_seconds.labels("cnn").observe(encoded - started)
+    results: list = [None] * len(pixels)
+    for group in set(params):
+        rows = [i for i, p in enumerate(params) if p == group]
+        captions = captioner.describe(features[rows], group.decoding, group.num_captions)
+        confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
+        tags = captioner.tags(features[rows], group.decoding)
+        for row, per_image, confidence, image_tags in zip(rows, captions, confidences, tags):
+            results[row] = Result(per_image, confidence, image_tags, len(pixels))
+    metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)
+    return results
 
 
 def _passable(error: Exception) -> Exception:
