@@ -1,4 +1,4 @@
-"""Serve the app: `python -m app [--host HOST] [--port PORT]`.
+"""Serve the app: `python -m app [--host HOST] [--port PORT]`, or `captioner serve` (app.cli).
 
 uvicorn, with what the service needs of it: request heads under a deadline (app.protocol), and on
 SIGTERM a clean stop: /readyz answers 503 at once while requests are still taken for
@@ -8,6 +8,7 @@ signal uvicorn re-raises. Ctrl-C (SIGINT) skips the delay.
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
@@ -32,12 +33,13 @@ class DrainingServer(uvicorn.Server):
         threading.Timer(self.drain_delay_s, super().handle_exit, (sig, frame)).start()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("app", __doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags: python -m app's and captioner serve's."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    args = parser.parse_args(argv)
 
+
+def serve(args: argparse.Namespace) -> None:
     from app.main import app  # builds the app: after the arguments, so that --help answers at once
     from app.protocol import with_header_deadline
 
@@ -47,6 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     # uvicorn drains first, then raises SIGTERM again with the handler it found: this one.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     DrainingServer(config, app.state, settings.drain_delay_s).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.parser("app", __doc__)
+    add_arguments(parser)
+    serve(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
