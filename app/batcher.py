@@ -171,9 +171,9 @@ def infer(captioner: Captioner, pixels: list[torch.Tensor], params: list[Params]
     results: list = [None] * len(pixels)
     for group in set(params):
         rows = [i for i, p in enumerate(params) if p == group]
-        captions = captioner.describe(features[rows], group.decoding, group.num_captions)
-        confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
         tags = captioner.tags(features[rows], group.decoding)
+        captions = captioner.describe(features[rows], group.decoding, group.num_captions, tags)
+        confidences = captioner.confidences(features[rows], captions) or [None] * len(rows)
         for row, per_image, confidence, image_tags in zip(rows, captions, confidences, tags):
             results[row] = Result(per_image, confidence, image_tags, len(pixels))
     metrics.stage_seconds.labels("beam_search").observe(time.perf_counter() - encoded)

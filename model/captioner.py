@@ -57,15 +57,18 @@ def precisions_to_try(dtype: torch.dtype, device: torch.device) -> list[torch.dt
 
 
 def describe(decoder: Decoder, vocab: Vocab, features: torch.Tensor, decoding: Decoding, num_captions: int = 1,
-             reranker: ConsensusReranker | None = None, tagger: Tagger | None = None) -> Captions:
+             reranker: ConsensusReranker | None = None, tagger: Tagger | None = None,
+             tags: list[list[Tag]] | None = None) -> Captions:
     """Beam search from image features [B, D] to texts; with decoding.consensus_weight, all finished
     beams reranked by the reranker; with decoding.guided and a tagger, each caption says the
-    photo's first decoding.forced_tags tags (those at decoding.tag_threshold or above)."""
+    photo's first decoding.forced_tags tags (those at decoding.tag_threshold or above; `tags`, if
+    the caller has them already)."""
     if decoding.consensus_weight and reranker is None:
         raise ValueError("this decoding reranks by consensus, but no reranker was given")
     constraints = None
     if decoding.guided and tagger is not None:
-        constraints = tagger.constraints(tagger.tags(features, decoding.tag_threshold), decoding.forced_tags)
+        tags = tagger.tags(features, decoding.tag_threshold) if tags is None else tags
+        constraints = tagger.constraints(tags, decoding.forced_tags)
     hypotheses = beam_search(
         decoder,
         features,
@@ -151,10 +154,11 @@ class Captioner:
     def encode(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encoder.encode(images)  # [B, D]
 
-    def describe(self, features: torch.Tensor, decoding: Decoding | None = None, num_captions: int = 1) -> Captions:
-        """decoding: the weights' own (self.decoding) unless given."""
+    def describe(self, features: torch.Tensor, decoding: Decoding | None = None, num_captions: int = 1,
+                 tags: list[list[Tag]] | None = None) -> Captions:
+        """decoding: the weights' own (self.decoding) unless given; tags: self.tags(features, decoding), if known."""
         return describe(self.decoder, self.vocab, features.to(self.device), decoding or self.decoding, num_captions,
-                        self.reranker, self.tagger)
+                        self.reranker, self.tagger, tags)
 
     def tags(self, features: torch.Tensor, decoding: Decoding | None = None) -> list[list[Tag]]:
         """Per image, what the CNN's classifier sees (model.tags), best first; none for weights without a tag map."""
