@@ -64,6 +64,19 @@ def beam_search(
     V = decoder.config.vocab_size
     device = features.device
     constraints = constraints or [[] for _ in range(B)]
+    if len(counts := {len(per_image) for per_image in constraints}) > 1:
+        # Images with as many constraints searched together: with fewer, an image would carry the
+        # others' extra groups, empty for it, through every step
+        found: list[list[Hypothesis]] = [[] for _ in range(B)]
+        for count in counts:
+            rows = [b for b in range(B) if len(constraints[b]) == count]
+            alike = beam_search(decoder, features[rows], start_id=start_id, end_id=end_id, banned_ids=banned_ids,
+                                beam_size=beam_size, max_length=max_length, num_captions=num_captions,
+                                length_penalty=length_penalty, block_ngram=block_ngram,
+                                constraints=[constraints[b] for b in rows])
+            for b, hypotheses in zip(rows, alike):
+                found[b] = hypotheses
+        return found
     transitions = _transitions(constraints, V, device)  # [B, S, S, V]
     S = transitions.size(1)
     targets = torch.tensor([2 ** len(per_image) - 1 for per_image in constraints], dtype=torch.long)  # [B]: all met

@@ -376,6 +376,23 @@ def test_timeout_gets_504_and_the_service_goes_on():
         assert httpx.get(f"{server.url}/v1/model").status_code == 200
 
 
+def test_weights_without_a_tag_map_serve_plain_captions_and_say_so(tmp_path):
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, copy)
+    (copy / "tags.json").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["tags.json"], manifest["tags"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    data = (ROOT / "docs" / "examples" / "cat.jpg").read_bytes()
+    with running_server(weights_dir=copy) as server:
+        body = post(server.url, data, content_type="image/jpeg").json()
+        info = httpx.get(f"{server.url}/v1/model").json()
+        [line] = [line for line in server.output().splitlines() if "tags: none" in line]
+    assert body["tags"] == [] and "cat" not in body["captions"][0]["text"].split()
+    assert info["tags"]["available"] is False and "no tag map" in info["tags"]["reason"]
+    assert "python -m model.tag_map" in line
+
+
 @pytest.mark.parametrize("damage, name", [("flip", "decoder.safetensors"), ("delete", "decoder.safetensors"),
                                           ("flip", "tags.json")])
 def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, name):
