@@ -36,7 +36,9 @@ def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest
     atomic_write(directory / DECODER_FILE, lambda tmp: save_file(state, tmp))
     atomic_write(directory / VOCAB_FILE, vocab.save)
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n"))
-    (directory / RERANKER_FILE).unlink(missing_ok=True)  # the new manifest does not list it: fit it again (model.fit_reranker)
+    # The new manifest lists neither: fit the reranker again (model.fit_reranker), map the tags to the new vocabulary (model.tag_map)
+    for stale in (RERANKER_FILE, TAGS_FILE):
+        (directory / stale).unlink(missing_ok=True)
     files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
     full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
     write_manifest(directory, full)

@@ -213,11 +213,12 @@ def test_a_decoding_that_reranks_needs_its_reranker(reranked_dir, tmp_path):
         verify(tmp_path)
 
 
-def test_new_weights_drop_the_reranker_of_the_old(reranked_dir, tmp_path):
+def test_new_weights_drop_the_reranker_and_tag_map_of_the_old(reranked_dir, tmp_path):
     shutil.copytree(reranked_dir, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "tags.json").write_text("{}")  # a map made for the old vocabulary
     decoder, vocab, manifest = load_weights(tmp_path)
     save_weights(tmp_path, decoder, vocab, {"encoder": manifest["encoder"]})
-    assert not (tmp_path / "reranker.safetensors").exists()
+    assert not (tmp_path / "reranker.safetensors").exists() and not (tmp_path / "tags.json").exists()
     assert set(verify(tmp_path)["files"]) == {"decoder.safetensors", "vocab.json", "config.json"}
 
 
