@@ -100,7 +100,7 @@ def test_evaluate_scores_val_and_sets_the_serving_decoding(trained, photos, tmp_
     assert "beam_size 2" in result.stdout and "CIDEr" in result.stdout
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "block_ngram": 2, "max_length": 20,
-                                    "consensus_weight": 0.0}
+                                    "consensus_weight": 0.0, "guided": False, "tag_threshold": 0.5, "forced_tags": 1}
     assert manifest["scores"]["val"]["block_ngram"] == 2
     again = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val",
                 "--cache-dir", str(photos.parent / "cache"))  # no flags: the weights' decoding
@@ -166,13 +166,16 @@ def test_examples_captions_every_example_photo_and_the_first_val_photos(trained,
     out, _ = trained
     result = run("scripts/examples.py", "--weights", str(out / "best"), "--data", str(photos), "--val", "3")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")]
+    lines = result.stdout.splitlines()
+    rows = [line.split(" | ") for line in lines if line.startswith("| ![") or line.startswith("| `")]
+    assert "| photo | tags | caption (guided=false) | caption | confidence |" in lines
     examples = sorted(path.name for path in (ROOT / "docs" / "examples").glob("*.jpg"))
     assert [row[0].split("(docs/examples/")[1].rstrip(")") for row in rows[: len(examples)]] == examples
     val = [row[0].strip("| `") for row in rows[len(examples):]]
     assert len(val) == 3 and set(val) <= set((photos / "Flickr_8k.devImages.txt").read_text().split())
-    assert all(row[1].strip() for row in rows)  # every photo got a caption
-    assert all(row[2] == "- |" for row in rows[: len(examples)])  # these weights are not calibrated: no confidence
+    assert all(row[1].strip() for row in rows)  # every photo got a caption (the examples: tags, "-" for none)
+    assert all(row[2].strip() and row[3].strip() for row in rows[: len(examples)])  # plain and guided captions
+    assert all(row[4] == "- |" for row in rows[: len(examples)])  # these weights are not calibrated: no confidence
 
 
 def test_calibration_fits_on_half_the_val_photos_and_is_saved(trained, photos, tmp_path):
