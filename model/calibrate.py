@@ -54,7 +54,7 @@ from model.cider import CiderD
 from model.confidence import ACCEPTABLE_CIDER_D, fit, logistic, reliability
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.evaluate import readable_features
-from model.tags import TagCalibration, word_forms
+from model.tags import TagCalibration, words_said
 from model.vocab import tokenize
 from model.weights import MANIFEST_FILE, WeightsError, read_manifest, write_manifest
 
@@ -66,8 +66,9 @@ def tag_pairs(captioner: Captioner, items: list[ImageCaptions], cache_dir: Path)
     whether a human caption of the photo says the word [N]."""
     items, features, _ = readable_features(captioner.encoder, items, cache_dir)
     summed, _ = captioner.tagger.word_probabilities(features)  # [B, W]
-    said = torch.tensor([[bool(tokens & set(word_forms(word))) for word in captioner.tagger.words]
-                         for tokens in ({token for caption in item.captions for token in tokenize(caption)} for item in items)])
+    words = captioner.tagger.words
+    said = torch.tensor([[word in spoken for word in words] for spoken in (words_said(item.captions, words) for item in items)],
+                        dtype=torch.bool)  # [B, W]
     kept = summed >= MIN_TAG_PROBABILITY
     return summed[kept], said[kept]
 

@@ -69,7 +69,7 @@ from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.encoder import Encoder
 from model.features import extract_features, report_skipped
 from model.options import Decoding
-from model.tags import Tag, word_forms
+from model.tags import Tag, words_said
 from model.vocab import tokenize
 from model.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
 
@@ -132,8 +132,7 @@ def tag_scores(tags: list[list[Tag]], references: list[list[str]], words: list[s
     words said in a photo's captions that its tags name."""
     shown = right = said = 0
     for per_image, captions in zip(tags, references):
-        tokens = {token for caption in captions for token in tokenize(caption)}
-        mentioned = {word for word in words if tokens & set(word_forms(word))}
+        mentioned = words_said(captions, words)
         shown += len(per_image)
         right += sum(tag.word in mentioned for tag in per_image)
         said += len(mentioned)

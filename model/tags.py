@@ -13,11 +13,12 @@ with every caption; with decoding.guided the first forced_tags of them must appe
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from model.vocab import tokenize
 
 TAGS_FILE = "tags.json"
 MAX_TAGS = 5  # shown with a caption, best first
@@ -55,6 +56,12 @@ def word_forms(noun: str) -> tuple[str, ...]:
     return (noun, noun + "s", noun + "es", *([noun[:-1] + "ies"] if noun.endswith("y") else []))
 
 
+def words_said(captions: list[str], words: list[str]) -> set[str]:
+    """The words (tags' words) that one of the captions says, itself or in a plural."""
+    tokens = {token for caption in captions for token in tokenize(caption)}
+    return {word for word in words if tokens & set(word_forms(word))}
+
+
 def read_tag_map(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -74,10 +81,10 @@ class Tagger:
         if missing:
             raise TagMapError(f"tag words missing from the vocabulary: {', '.join(missing[:10])}: rebuild the map for these "
                               "weights (python -m model.tag_map --weights DIR --classes imagenet_classes.tsv)")
-        column = {word: i for i, word in enumerate(self.words)}
+        self.column = {word: i for i, word in enumerate(self.words)}
         self.class_names = [entry["name"] for entry in classes]
         # Classes without a word go to an extra column, dropped after summing
-        self.class_to_word = torch.tensor([column.get(entry["word"], len(self.words)) for entry in classes])  # [C]
+        self.class_to_word = torch.tensor([self.column.get(entry["word"], len(self.words)) for entry in classes])  # [C]
         self.satisfying_ids = [[vocab_index[w] for w in tag_map["words"][word] if w in vocab_index] for word in self.words]
 
     @torch.inference_mode()
@@ -104,5 +111,4 @@ class Tagger:
 
     def constraints(self, tags: list[list[Tag]], count: int) -> list[list[list[int]]]:
         """Per image, its first `count` tags as what model.beam must fit in: each the ids of the words that say it."""
-        column = {word: i for i, word in enumerate(self.words)}
-        return [[self.satisfying_ids[column[tag.word]] for tag in per_image[:count]] for per_image in tags]
+        return [[self.satisfying_ids[self.column[tag.word]] for tag in per_image[:count]] for per_image in tags]
