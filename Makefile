@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
-#   make serve   installs the service into .venv and serves the shipped weights on port 8000
-#   make test    installs the service with its test tools (and Chromium for the web-page test) and runs the tests
+#   make serve   installs the service (the base install: no torch) into .venv and serves the shipped weights on port 8000
+#   make test    installs everything (training's torch, the test tools, Chromium for the web-page test) and runs the tests
 VENV ?= .venv
 PYTHON ?= python3
 PORT ?= 8000
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -e '.[train,gpu,dev]'
 	touch $@
 
 serve: $(VENV)/.installed

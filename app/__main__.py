@@ -17,7 +17,7 @@ from types import FrameType
 import uvicorn
 from starlette.datastructures import State
 
-from model import cli
+from runtime import cli
 
 
 class DrainingServer(uvicorn.Server):

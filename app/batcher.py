@@ -1,7 +1,7 @@
 """Dynamic batching: requests that arrive together share one CNN pass and one beam search.
 
 One inference thread runs the CNN and the beam search, the loading and warm-up included, so the
-event loop never blocks and the CPU threads of torch are not oversubscribed (serving_threads);
+event loop never blocks and the runtimes' CPU threads are not oversubscribed;
 photos reach it preprocessed, by the threads that decoded them (routes), so that their resizing
 runs beside the models instead of in turn with them. The thread takes its batches from a
 thread-safe queue itself: as soon as one batch is done it takes whatever has queued meanwhile,
@@ -21,28 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from app.metrics import Metrics
-from model.captioner import Captioner
-from model.options import Decoding
-from model.tags import Tag
+from runtime.captioner import Captioner
+from runtime.options import Decoding
+from runtime.tags import Tag
 
 
 WARM_UP_IMAGE_SIZE = (320, 240)
-
-
-def serving_threads(captioner: Captioner) -> None:
-    """With the CNN on OpenVINO's (or ONNX Runtime's) own threads (all cores), torch's threads are
-    left only the beam search. A second one speeds its bf16 matmuls up (a step 0.27 ms instead of
-    0.41), but it spins on the other core between them, where decoding, HTTP and the CNN's threads
-    need it: in the server, one image at a time, beam 3, it bought 1.3 ms of a 25 ms request for 50%
-    more CPU time per request (bench README). The int8 matmuls (the default on a CPU) are OpenVINO's
-    and were built with all cores, before this. The eager CNN (a GPU, or no other runtime available)
-    keeps torch's threads."""
-    if captioner.encoder.runtime != "eager":
-        torch.set_num_threads(1)
 
 
 class Overloaded(Exception):
@@ -57,7 +46,7 @@ class Params:
 
 @dataclass
 class Job:
-    pixels: torch.Tensor  # [3, size, size]: the photo as the encoder's preprocess gave it
+    pixels: np.ndarray  # [3, size, size]: the photo as Captioner.preprocess gave it
     params: Params
     future: asyncio.Future = field(repr=False)
 
@@ -102,8 +91,8 @@ class Batcher:
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join)
 
-    async def submit(self, pixels: torch.Tensor, params: Params, timeout_s: float) -> Result:
-        """pixels: one photo, Captioner.encoder.preprocess's [3, size, size]. Raises Overloaded when the
+    async def submit(self, pixels: np.ndarray, params: Params, timeout_s: float) -> Result:
+        """pixels: one photo, Captioner.preprocess's [3, size, size]. Raises Overloaded when the
         queue is full, asyncio.TimeoutError past timeout_s."""
         job = Job(pixels, params, asyncio.get_running_loop().create_future())
         try:
@@ -151,21 +140,24 @@ class Batcher:
 
 
 def prepare(captioner: Captioner) -> Captioner:
-    """A loaded model made ready to serve, on the thread that will run it: torch's threads as the
-    service sets them (serving_threads), then one warm-up caption (first-call allocations)."""
-    serving_threads(captioner)
+    """A loaded model made ready to serve, on the thread that will run it: numpy's BLAS kept to one
+    thread, then one warm-up caption (first-call allocations). The BLAS calls (the tags' classifier,
+    the reranker's read-out) are a few small products per batch; on every core, BLAS's threads spin
+    between them and took the cores from OpenVINO's: the server's CPU time per request was 40 ms
+    instead of 19.6 (8 clients, 2-core EPYC, bench.ab)."""
+    threadpool_limits(1, user_api="blas")
     captioner.caption([Image.new("RGB", WARM_UP_IMAGE_SIZE, "gray")])
     return captioner
 
 
-def infer(captioner: Captioner, pixels: list[torch.Tensor], params: list[Params], metrics: Metrics) -> list[Result]:
+def infer(captioner: Captioner, pixels: list[np.ndarray], params: list[Params], metrics: Metrics) -> list[Result]:
     """One batch, the service's inference step (the batcher's, and app.bulk's in process): the CNN
-    once on all the photos (each Captioner.encoder.preprocess's [3, size, size]), then one batched
+    once on all the photos (each Captioner.preprocess's [3, size, size]), then one batched
     beam search per distinct params among them. Per photo, in order: its captions, their
     confidences and its tags. metrics gets the batch size and each stage's time."""
     metrics.batch_size.observe(len(pixels))
     started = time.perf_counter()
-    features = captioner.encoder.encode_pixels(torch.stack(pixels))  # [B, D]
+    features = captioner.encode_pixels(np.stack(pixels))  # [B, D]
     encoded = time.perf_counter()
     metrics.stage_seconds.labels("cnn").observe(encoded - started)
     results: list = [None] * len(pixels)

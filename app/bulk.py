@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import TypeVar, Union
 
 import httpx
-import torch
+import numpy as np
 from PIL import Image
 
 from app.batcher import Params, infer, prepare
-from app.images import ImageRejected
 from app.metrics import Metrics
 from app.routes import caption_response, decode_and_preprocess
 from app.schemas import CaptionResponse
 from app.settings import Settings
-from model.captioner import Captioner
-from model.options import Decoding
-from model.weights import verify
+from runtime.captioner import Captioner
+from runtime.images import ImageRejected
+from runtime.options import Decoding
+from runtime.weights import verify
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 Photo = Union[str, os.PathLike, Image.Image]  # a path is read as an upload is; an image is taken as it is
@@ -83,11 +83,11 @@ class InProcess:
             for batch in batched(ahead(pool, self._pixels, photos, self.batch_size), self.batch_size):
                 yield from self._caption_batch(batch, params)
 
-    def _pixels(self, photo: Photo) -> tuple[torch.Tensor, float]:
+    def _pixels(self, photo: Photo) -> tuple[np.ndarray, float]:
         """On a decode thread: the photo as the CNN takes it, and when its decoding started."""
         started = time.perf_counter()
         if isinstance(photo, Image.Image):
-            return self.captioner.encoder.preprocess([photo])[0], started
+            return self.captioner.preprocess(photo), started
         return decode_and_preprocess(Path(photo).read_bytes(), self.max_pixels, self.captioner), started
 
     def _caption_batch(self, batch: list[tuple[Photo, Future]], params: Params) -> Iterator[Captioned]:

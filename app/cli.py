@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 from app import __main__ as serving
-from model.cli import HelpFormatter
+from runtime.cli import HelpFormatter
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")  # the formats the service takes (app.images)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")  # the formats the service takes (runtime.images)
 FIELDS = ("path", "caption", "confidence", "low_confidence", "tags", "model", "error")
 LISTED = 20  # failed photos and skipped files named in the summary; the rest are counted
 
@@ -105,7 +105,7 @@ def caption(args: argparse.Namespace) -> int:
 
 def connect(args: argparse.Namespace):
     """The backend, ready: a running service (checked), or the model loaded in this process. Imported
-    here, after the checks, so that --help and a usage error answer without loading torch."""
+    here, after the checks, so that --help and a usage error answer without loading the runtimes."""
     from app.bulk import InProcess, Remote, ServiceUnavailable
 
     if args.server is not None:

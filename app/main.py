@@ -15,13 +15,13 @@ from pydantic import ValidationError
 
 from app import errors
 from app.batcher import Batcher
-from app.images import limit_pixels
 from app.metrics import Metrics
 from app.middleware import AccessLog, BodySizeLimit, BodyTimeout
 from app.routes import STATIC, router
 from app.settings import Settings
-from model.captioner import Captioner
-from model.weights import WeightsError, verify
+from runtime.captioner import Captioner
+from runtime.images import limit_pixels
+from runtime.weights import WeightsError, require_export, verify
 
 logger = logging.getLogger("captioner")
 
@@ -46,13 +46,14 @@ async def load_model(app: FastAPI, batcher: Batcher) -> None:
     app.state.captioner = captioner
     app.state.batcher = batcher  # set last: its presence is what readyz reports (routes.require_ready)
     logger.info("ready: %s on %s, CNN through %s, decoder matmuls in %s", captioner.model_id, captioner.device,
-                captioner.encoder.runtime, captioner.decoder.precision)
+                captioner.runtime, captioner.precision)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     try:
-        verify(app.state.settings.weights_dir)  # a tampered or missing file stops the start before the port opens
+        # a tampered or missing file, or a folder never exported for the runtime, stops the start before the port opens
+        require_export(app.state.settings.weights_dir, verify(app.state.settings.weights_dir))
     except WeightsError as error:
         exit_with(f"refusing to start: {error}")
     settings: Settings = app.state.settings

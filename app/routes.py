@@ -6,18 +6,18 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.batcher import Batcher, Overloaded, Params
-from app.images import ImageRejected, decode_image
 from app.metrics import Metrics
 from app.schemas import Caption, CaptionResponse, Error, ModelInfo, Status, Tag
 from app.settings import Settings
-from model.captioner import Captioner
+from runtime.captioner import Captioner
+from runtime.images import ImageRejected, decode_image
 
 STATIC = Path(__file__).parent / "static"
 router = APIRouter()
@@ -106,15 +106,15 @@ async def create_captions(
                             elapsed_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def decode_and_preprocess(data: bytes, max_pixels: int, captioner: Captioner) -> torch.Tensor:
+def decode_and_preprocess(data: bytes, max_pixels: int, captioner: Captioner) -> np.ndarray:
     """An upload -> the pixels the CNN takes, [3, size, size]; ImageRejected for what is no image."""
-    return captioner.encoder.preprocess([decode_image(data, max_pixels)])[0]
+    return captioner.preprocess(decode_image(data, max_pixels))
 
 
 def caption_response(captioner: Captioner, captions: list[tuple[str, float]], confidences: list[float] | None,
                      tags: list, elapsed_ms: float) -> CaptionResponse:
     """The answer to a caption request: each caption with its confidence, when the weights are
-    calibrated, and the photo's tags (model.tags.Tag)."""
+    calibrated, and the photo's tags (runtime.tags.Tag)."""
     calibration = captioner.calibration
     confidences = confidences or [None] * len(captions)
     return CaptionResponse(

@@ -13,8 +13,8 @@ class Settings(BaseSettings):
 
     weights_dir: Path = Path("weights")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    decoder_precision: Literal["auto", "int8", "bf16", "fp32"] = "auto"  # auto: int8 on a CPU, bf16 on a GPU that has it
-    encoder_runtime: Literal["auto", "onnxruntime", "openvino", "eager"] = "auto"  # auto: OpenVINO on the CPU, else ONNX Runtime
+    decoder_precision: Literal["auto", "int8", "bf16", "fp32"] = "auto"  # auto: int8 on a CPU, bf16 on a GPU that has it (runtime.captioner)
+    encoder_runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"  # auto: OpenVINO, else ONNX Runtime (runtime.cnn)
     max_upload_bytes: int = Field(10 * 2**20, gt=0)
     max_pixels: int = Field(40_000_000, gt=0)
     decode_concurrency: int = Field(2, ge=1)

@@ -1,9 +1,11 @@
 """Shared by the benchmark scripts: a real server in a subprocess, the test photo, concurrent HTTP
-clients, /metrics deltas, percentiles, the naive baseline's timing loop, tables and the JSON file."""
+clients, /metrics deltas, percentiles, timing loops, tables and the JSON file. No torch: the
+service's CPU path runs without it, and so do the benchmarks that time it in process."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import io
 import json
 import os
@@ -16,20 +18,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.images import decode_image
 from app.local_server import Server
 from app.settings import Settings
-from bench.naive import naive_caption, naive_captioner
-from model.captioner import Captioner
-from model.options import Decoding
-from model.weights import read_manifest
+from runtime.captioner import Captioner
+from runtime.cnn import cpu_threads
+from runtime.decoder import read_config
+from runtime.options import Decoding
+from runtime.weights import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"  # the shared photos, where they are
 MAX_PIXELS = Settings.model_fields["max_pixels"].default  # what the server checks uploads against
 
 
@@ -74,13 +76,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def version(package: str) -> str | None:
+    """The installed version of a package, without importing it; None where it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine() -> dict:
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **{package: version(package) for package in ("openvino", "onnxruntime", "torch")},
+        "threads": cpu_threads(),  # what the CNN runtime and the decoder's graph run on (runtime.cnn.cpu_threads)
         "python": platform.python_version(),
         # at the end of the run: what else ran on these CPUs (a 1-minute figure near cpu_count means contention)
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -120,12 +130,6 @@ def repeat_timed(call: Callable[[], object], repeats: int) -> list[float]:
         call()
         seconds.append(time.perf_counter() - started)
     return seconds
-
-
-def naive_seconds(naive: Captioner, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
-    """The naive baseline per image: the service's own PIL decode, then bench.naive.naive_caption
-    on `naive` (in_process_captioner(weights, naive=True))."""
-    return repeat_timed(lambda: naive_caption(naive, decode_image(jpeg, MAX_PIXELS), beam_size), repeats)
 
 
 # ---------------------------------------------------------------- the test photo
@@ -187,19 +191,16 @@ def cpu_seconds(server: Server) -> float:
     return times.user + times.system
 
 
-def in_process_captioner(weights: Path, naive: bool = False) -> Captioner:
-    """The model as the server loads it, on the device it picks, for timings in this process; with
-    naive, the same weights as bench.naive.naive_captioner loads them (fp32 decoder, NCHW CNN)."""
+def in_process_captioner(weights: Path) -> Captioner:
+    """The model as the server loads it, with the same CAPTIONER_* settings, for timings in this process."""
     settings = Settings()
-    if naive:
-        return naive_captioner(weights, settings.device)
     return Captioner.load(weights, settings.device, settings.decoder_precision, settings.encoder_runtime)
 
 
-def model_summary(captioner: Captioner) -> dict:
+def model_summary(weights: Path) -> dict:
     """Which weights were timed: the decoder's size decides the beam search's cost."""
-    config = captioner.decoder.config
-    return {"id": captioner.model_id, "vocab_size": config.vocab_size, "hidden_dim": config.hidden_dim}
+    config = read_config(weights)
+    return {"id": read_manifest(weights)["model_id"], "vocab_size": config["vocab_size"], "hidden_dim": config["hidden_dim"]}
 
 
 def histogram_totals(url: str) -> dict[str, tuple[float, float]]:

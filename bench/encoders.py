@@ -3,21 +3,24 @@ features move from the eager fp32 path, the naive baseline's.
 
     python -m bench.encoders [--photos DIR] [--calibration DIR] [--repeats 30]
 
-Runtimes, all on the same preprocessed pixels and the same threads:
+Runtimes, all on the same pixels (prepared as the service prepares a photo, runtime.preprocess)
+and the same threads. In torch, the CNN as model.encoder builds it for the shipped weights:
 - eager fp32 NCHW: the naive baseline's CNN (bench/naive.py);
-- eager fp32 channels-last: the service with CAPTIONER_ENCODER_RUNTIME=eager, and on a GPU;
+- eager fp32 channels-last: training's features with --encoder-runtime eager, and on a GPU;
 - eager bf16: autocast, channels-last;
-- torch.compile: inductor, channels-last (needs a C++ compiler);
+- torch.compile: inductor, channels-last (needs a C++ compiler).
+Without torch, the shipped weights' exported CNN (weights/cnn.onnx, python -m model.export) in the
+service's sessions (runtime.cnn):
 - ONNX Runtime fp32: the service with CAPTIONER_ENCODER_RUNTIME=onnxruntime, and where OpenVINO cannot load;
 - ONNX Runtime int8: static quantization (QDQ, per-channel int8 weights, uint8 activations),
   calibrated on the first --calibration-images photos of --calibration;
-- OpenVINO fp32 and bf16: the same exported model; the service's default on a CPU runs it in bf16
-  where the CPU multiplies in it, else in fp32 (model.encoder.use_runtime).
+- OpenVINO fp32 and bf16: the service's default on a CPU runs it in bf16 where the CPU multiplies
+  in it, else in fp32 (runtime.cnn.CNN.load).
 Drift: ||f - f_eager|| / ||f_eager|| for each photo of --photos (mean and max). Dev CIDEr: the
-shipped weights (decoder, reranker, serving decoding) on the first --dev-images photos of the
-Flickr8k validation split in --data, their features made by that runtime (the weights' manifest
-names the runtime whose features the decoder was trained on: encoder.runtime). A runtime that
-cannot be built here is listed with the reason.
+shipped weights (decoder, reranker, serving decoding, the search as the service runs it on a CPU)
+on the first --dev-images photos of the Flickr8k validation split in --data, their features made
+by that runtime (the weights' manifest names the runtime whose features the decoder was trained
+on: encoder.runtime). A runtime that cannot be built here is listed with the reason.
 """
 from __future__ import annotations
 
@@ -32,28 +35,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import ROOT, load_photos, parser, positive, print_table, write_json
-from model.captioner import resolve_precision
+from bench.common import FLICKR8K, ROOT, load_photos, parser, positive, print_table, write_json
 from model.data import DatasetFormatError, load_dataset
-from model.encoder import build_encoder, export_onnx, onnx_session, openvino_session
+from model.encoder import build_encoder
 from model.evaluate import caption_items, score_captions
-from model.options import Decoding
-from model.weights import load_reranker, load_weights
+from runtime.captioner import Captioner
+from runtime.cnn import cpu_threads, onnx_session, openvino_session
+from runtime.weights import CNN_GRAPH_FILE
 
-Run = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, 3, 224, 224] -> features [B, D] fp32
-FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
+Run = Callable[[np.ndarray], np.ndarray]  # pixels [B, 3, 224, 224] -> features [B, D], fp32
+WEIGHTS = ROOT / "weights"
 
 
-def load_pixels(encoder, folder: Path, count: int) -> torch.Tensor:
-    return encoder.preprocess(load_photos(folder, count))  # [N, 3, 224, 224]
+def load_pixels(captioner: Captioner, folder: Path, count: int) -> np.ndarray:
+    return np.stack([captioner.preprocess(photo) for photo in load_photos(folder, count)])  # [N, 3, 224, 224]
 
 
 def eager(trunk: torch.nn.Module, channels_last: bool, bf16: bool = False) -> Run:
-    def run(pixels: torch.Tensor) -> torch.Tensor:
+    def run(pixels: np.ndarray) -> np.ndarray:
+        pixels = torch.from_numpy(pixels)
         if channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            return trunk(pixels).float()
+            return trunk(pixels).float().numpy()
     return run
 
 
@@ -62,60 +66,57 @@ def compiled(trunk: torch.nn.Module) -> Run:
     return eager(compiled_trunk, channels_last=True)
 
 
-def onnx_runtime(trunk: torch.nn.Module, folder: Path, calibration: torch.Tensor | None) -> Run:
-    """The service's ONNX Runtime path (model.encoder.onnx_session); with calibration photos, int8."""
-    model = export_onnx(trunk, 224)
+def onnx_runtime(graph: bytes, folder: Path, calibration: np.ndarray | None) -> Run:
+    """The service's ONNX Runtime session (runtime.cnn.onnx_session); with calibration pixels, int8."""
     if calibration is not None:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         class Photos(CalibrationDataReader):
             def __init__(self):
-                self.batches = iter([{"pixels": calibration[i:i + 8].numpy()} for i in range(0, len(calibration), 8)])
+                self.batches = iter([{"pixels": calibration[i:i + 8]} for i in range(0, len(calibration), 8)])
 
             def get_next(self):
                 return next(self.batches, None)
 
-        exported, prepared, quantized = folder / "encoder.onnx", folder / "encoder-prepared.onnx", folder / "encoder-int8.onnx"
-        exported.write_bytes(model)
+        exported, prepared, quantized = folder / "cnn.onnx", folder / "cnn-prepared.onnx", folder / "cnn-int8.onnx"
+        exported.write_bytes(graph)
         quant_pre_process(str(exported), str(prepared))
         quantize_static(str(prepared), str(quantized), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-        model = quantized.read_bytes()
-    session, _ = onnx_session(model)
-    return lambda pixels: torch.from_numpy(session(pixels.numpy()))
+        graph = quantized.read_bytes()
+    session, _ = onnx_session(graph)
+    return session
 
 
-def openvino(trunk: torch.nn.Module, precision: str) -> Run:
-    """The service's OpenVINO path (model.encoder.openvino_session) in fp32 or bf16."""
-    session, _ = openvino_session(export_onnx(trunk, 224), precision)
-    return lambda pixels: torch.from_numpy(session(pixels.numpy()))
+def openvino(graph: bytes, precision: str) -> Run:
+    """The service's OpenVINO session (runtime.cnn.openvino_session) in fp32 or bf16."""
+    session, _ = openvino_session(graph, precision)
+    return session
 
 
 class DevSplit:
     """The shipped weights captioning the first `count` validation photos of `data` from features a runtime makes."""
 
-    def __init__(self, encoder, data: Path, count: int):
+    def __init__(self, captioner: Captioner, data: Path, count: int):
         self.items = load_dataset(data).split("val")[:count]
         photos = []
         for item in self.items:
             with Image.open(item.image_path) as image:
                 photos.append(image.convert("RGB"))
-        self.pixels = encoder.preprocess(photos)  # [N, 3, 224, 224]
-        trained, self.vocab, manifest = load_weights(ROOT / "weights")
-        self.decoder = trained.for_inference(resolve_precision("auto", torch.device("cpu")))  # as the service on a CPU
-        self.reranker = load_reranker(ROOT / "weights", manifest)
-        self.decoding = Decoding(**manifest.get("decoding", {}))
+        self.pixels = np.stack([captioner.preprocess(photo) for photo in photos])  # [N, 3, 224, 224]
+        self.captioner = captioner
 
     def cider(self, run: Run) -> float:
-        features = torch.cat([run(chunk.contiguous()) for chunk in self.pixels.split(8)])  # [N, D]
-        captions = caption_items(self.decoder, self.vocab, features, self.decoding, self.reranker)
+        features = np.concatenate([run(self.pixels[i:i + 8]) for i in range(0, len(self.pixels), 8)])  # [N, D]
+        captioner = self.captioner
+        captions = caption_items(captioner.search, captioner.vocab, features, captioner.decoding, captioner.reranker)
         predictions = {item.image_path.name: caption for item, caption in zip(self.items, captions)}
         return score_captions(predictions, {item.image_path.name: list(item.captions) for item in self.items}, meteor=False)["CIDEr"]
 
 
-def ms_per_image(run: Run, pixels: torch.Tensor, batch: int, repeats: int) -> float:
-    inputs = pixels[:batch].repeat((batch + len(pixels) - 1) // len(pixels), 1, 1, 1)[:batch].contiguous()
+def ms_per_image(run: Run, pixels: np.ndarray, batch: int, repeats: int) -> float:
+    inputs = np.ascontiguousarray(np.tile(pixels[:batch], ((batch + len(pixels) - 1) // len(pixels), 1, 1, 1))[:batch])
     for _ in range(3):
         run(inputs)
     seconds = []
@@ -137,14 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-images", type=int, default=1000, help="validation photos captioned per runtime (default 1000, all; 0: none)")
     args = p.parse_args(argv)
 
-    encoder = build_encoder(runtime="eager")
-    trunk = encoder.trunk
-    pixels = load_pixels(encoder, args.photos, 64)
-    reference = eager(trunk, channels_last=False)(pixels)  # [N, D]
     if args.dev_images < 0:
         p.error(f"--dev-images must be 0 or more, got {args.dev_images}")
+    captioner = Captioner.load(WEIGHTS, "cpu")  # its preprocessing, and the search, vocabulary and reranker of the dev CIDEr
+    recorded = captioner.manifest["encoder"]
+    trunk = build_encoder(recorded["name"], "cpu", recorded["pooling"], runtime="eager").trunk
+    graph = (WEIGHTS / CNN_GRAPH_FILE).read_bytes()
+    pixels = load_pixels(captioner, args.photos, 64)
+    reference = eager(trunk, channels_last=False)(pixels)  # [N, D]
     try:
-        dev = DevSplit(encoder, args.data, args.dev_images) if args.dev_images else None
+        dev = DevSplit(captioner, args.data, args.dev_images) if args.dev_images else None
     except (DatasetFormatError, OSError) as error:  # no such folder, not a data set, an unreadable photo
         p.error(f"--data {args.data}: {error} (--dev-images 0 skips the dev CIDEr)")
 
@@ -155,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "eager fp32 channels-last (runtime eager)": lambda: eager(trunk, channels_last=True),
             "eager bf16 channels-last": lambda: eager(trunk, channels_last=True, bf16=True),
             "torch.compile (inductor)": lambda: compiled(trunk),
-            "ONNX Runtime fp32 (runtime onnxruntime)": lambda: onnx_runtime(trunk, Path(folder), None),
+            "ONNX Runtime fp32 (runtime onnxruntime)": lambda: onnx_runtime(graph, Path(folder), None),
             "ONNX Runtime int8 (static, QDQ)": lambda: onnx_runtime(
-                trunk, Path(folder), load_pixels(encoder, args.calibration, args.calibration_images)),
-            "OpenVINO fp32": lambda: openvino(trunk, "fp32"),
-            "OpenVINO bf16 (runtime auto on this CPU)": lambda: openvino(trunk, "bf16"),
+                graph, Path(folder), load_pixels(captioner, args.calibration, args.calibration_images)),
+            "OpenVINO fp32": lambda: openvino(graph, "fp32"),
+            "OpenVINO bf16 (runtime auto on this CPU)": lambda: openvino(graph, "bf16"),
         }
         for name, build in builders.items():
             try:
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = build()
                 features = run(pixels)
                 setup_s = time.perf_counter() - started
-                drift = ((features - reference).norm(dim=1) / reference.norm(dim=1)).numpy()
+                drift = np.linalg.norm(features - reference, axis=1) / np.linalg.norm(reference, axis=1)
                 b1, b8 = ms_per_image(run, pixels, 1, args.repeats), ms_per_image(run, pixels, 8, args.repeats)
                 cider = dev.cider(run) if dev else None
             except Exception as error:  # a runtime missing here is a row of the table, not the end of the run
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                          "-" if cider is None else f"{cider:.4f}", f"{setup_s:.1f} s"])
             results["runtimes"][name] = {"ms_per_image_batch1": b1, "ms_per_image_batch8": b8, "drift_mean": float(np.mean(drift)),
                                          "drift_max": float(np.max(drift)), "dev_cider": cider, "setup_s": setup_s}
-    print_table(f"CNN (EfficientNet-Lite0, head-mean) on {len(pixels)} photos, {torch.get_num_threads()} threads; "
+    print_table(f"CNN ({recorded['name']}, {recorded['pooling']}) on {len(pixels)} photos, {cpu_threads()} threads; "
                 f"dev CIDEr on {len(dev.items) if dev else 0} validation photos",
                 ["runtime", "ms/image batch 1", "ms/image batch 8", "drift mean", "drift max", "dev CIDEr", "setup / note"], rows)
     write_json(args.json, {**results, "dev_images": len(dev.items) if dev else 0})

@@ -29,10 +29,9 @@ from pathlib import Path
 from app.bulk import InProcess, Remote
 from app.local_server import Server, running_server
 from bench.common import (
-    ROOT, cpu_seconds, drive, histogram_totals, model_summary, parser, positive, print_table, server_settings,
+    FLICKR8K, ROOT, cpu_seconds, drive, histogram_totals, model_summary, parser, positive, print_table, server_settings,
     serving_beam_size, write_json,
 )
-from bench.encoders import FLICKR8K
 
 HISTOGRAMS = {"batch": ("captioner_batch_size", {}), "cnn": ("captioner_stage_seconds", {"stage": "cnn"}),
               "beam_search": ("captioner_stage_seconds", {"stage": "beam_search"})}
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "photos": len(paths),
         "images": str(args.images),
         "clients": args.clients,
-        "device": str(local.captioner.device),
-        "model": model_summary(local.captioner),
+        "device": local.captioner.device,
+        "model": model_summary(args.weights),
         "server_settings": server_settings(),
         "runs": runs,  # the median round of each
         "rounds": rounds,

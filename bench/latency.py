@@ -5,13 +5,14 @@
 1. Starts the real server (python -m app on a free port) and sends one 640x480 JPEG at a
    time from one client, so batching cannot help: p50/p90/p99 over --requests after --warmup.
    The server's own CNN and beam-search histograms (/metrics) give its view of the same requests.
-2. In this process, times each stage the service runs, on the same image, --repeats times:
-   decode (app.images.decode_image), preprocess (Encoder.preprocess: resize and normalise, in the
-   server on the thread that decoded the photo), CNN (Encoder.encode_pixels), beam search
-   (Captioner.describe), serialisation (the pydantic response to JSON). What the end-to-end p50 has beyond the sum of
-   the stage p50s is HTTP, multipart parsing, the batcher's wait for company, and thread hand-offs.
-3. The naive baseline (bench/naive.py: one image, eager fp32 NCHW CNN, a Python loop over the beams)
-   on the same image after the same decode, --repeats times. Speed-up = naive / ours.
+2. In this process, without torch as the server, times each stage the service runs, on the same
+   image, --repeats times: decode (runtime.images.decode_image), preprocess (Captioner.preprocess:
+   resize and normalise, in the server on the thread that decoded the photo), CNN
+   (Captioner.encode_pixels), beam search (Captioner.describe), serialisation (the pydantic response
+   to JSON). What the end-to-end p50 has beyond the sum of the stage p50s is HTTP, multipart
+   parsing, the batcher's wait for company, and thread hand-offs.
+3. The naive baseline (bench/naive.py: one image, eager fp32 NCHW CNN, a Python loop over the beams,
+   in torch) on the same image after the same decode, --repeats times. Speed-up = naive / ours.
 
 Server settings come from CAPTIONER_* environment variables, e.g. CAPTIONER_MAX_BATCH_WAIT_MS=0.
 """
@@ -19,14 +20,13 @@ from __future__ import annotations
 
 import sys
 
-from app.images import decode_image
 from app.local_server import running_server
 from app.routes import caption_response
 from bench.common import (
-    MAX_PIXELS, cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds,
-    parser, percentiles_ms, positive, print_table, repeat_timed, server_settings, serving_beam_size,
-    test_photo, write_json,
+    MAX_PIXELS, cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, parser,
+    percentiles_ms, positive, print_table, repeat_timed, server_settings, serving_beam_size, test_photo, write_json,
 )
+from runtime.images import decode_image
 
 ROUTE = "/v1/captions"
 
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in process: each stage and the naive baseline, {args.repeats} times ...", flush=True)
     captioner = in_process_captioner(args.weights)
     image = decode_image(jpeg, MAX_PIXELS)
-    pixels = captioner.encoder.preprocess([image])
-    features = captioner.encoder.encode_pixels(pixels)
+    pixels = captioner.preprocess(image)[None]  # [1, 3, size, size]
+    features = captioner.encode_pixels(pixels)
     decoding = captioner.decoding.but(beam_size=args.beam_size)
     captions = captioner.describe(features, decoding)
     confidences = (captioner.confidences(features, captions) or [None])[0]
@@ -69,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = {
         "decode": percentiles_ms(repeat_timed(lambda: decode_image(jpeg, MAX_PIXELS), args.repeats)),
-        "preprocess": percentiles_ms(repeat_timed(lambda: captioner.encoder.preprocess([image]), args.repeats)),
-        "cnn": percentiles_ms(repeat_timed(lambda: captioner.encoder.encode_pixels(pixels), args.repeats)),
+        "preprocess": percentiles_ms(repeat_timed(lambda: captioner.preprocess(image), args.repeats)),
+        "cnn": percentiles_ms(repeat_timed(lambda: captioner.encode_pixels(pixels), args.repeats)),
         "beam_search": percentiles_ms(repeat_timed(lambda: captioner.describe(features, decoding), args.repeats)),
         "serialisation": percentiles_ms(repeat_timed(serialise, args.repeats)),
     }
     other_p50_ms = round(end_to_end["p50_ms"] - sum(s["p50_ms"] for s in stages.values()), 2)
-    naive = percentiles_ms(naive_seconds(in_process_captioner(args.weights, naive=True), jpeg, args.beam_size, args.repeats))
+    from bench.naive import naive_captioner, naive_seconds  # torch, only now that the service's path is timed
+
+    naive = percentiles_ms(naive_seconds(naive_captioner(args.weights, captioner.device), jpeg, args.beam_size, args.repeats))
     speedup = {q: round(naive[f"{q}_ms"] / end_to_end[f"{q}_ms"], 2) for q in ("p50", "p90", "p99")}
 
     quantiles = ("p50_ms", "p90_ms", "p99_ms")
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "latency",
         "image": {"width": image.width, "height": image.height, "jpeg_bytes": len(jpeg)},
         "beam_size": args.beam_size,
-        "device": str(captioner.device),
-        "model": model_summary(captioner),
+        "device": captioner.device,
+        "model": model_summary(args.weights),
         "requests": args.requests,
         "repeats": args.repeats,
         "errors": load.errors,

@@ -2,7 +2,9 @@
 
 naive_caption: one image at a time, eager fp32 CNN on a fresh NCHW tensor, and beam search as a
 Python loop over the beams of that one image, one decoder step per beam. Same weights, same
-answers (up to ties), no batching of anything, no bf16. Give it naive_captioner(weights).
+answers (up to ties), no batching of anything, no bf16. Give it naive_captioner(weights);
+naive_seconds times it as bench.latency and bench.throughput do, which import this module (and
+torch with it) only once they have timed the service, whose CPU path runs without torch.
 
 naive_features: feature extraction one image at a time, the same eager fp32 CNN call, with an
 encoder from naive_encoder.
@@ -13,6 +15,7 @@ W_ih v at every step (model/decoder.py computes it once per sentence); trained i
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,31 +23,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from model.captioner import Captioner, resolve_device
-from model.decoder import DecoderConfig
+from bench.common import MAX_PIXELS, repeat_timed
+from model.decoder import Decoder, DecoderConfig
 from model.encoder import Encoder, build_encoder
-from model.weights import load_reranker, load_weights
+from model.weights import load_weights
+from runtime.images import decode_image
+from runtime.vocab import Vocab
 
 
 def naive_encoder(encoder: Encoder) -> Encoder:
-    """A copy with the CNN weights in PyTorch's default NCHW layout. The service's are channels-last
-    (model.encoder.build_encoder), and a convolution follows its weights' layout: with those, an NCHW
-    input alone would still run channels-last. The BatchNorms stay folded, as build_encoder makes
-    them: that only makes the baseline faster and the ratios smaller."""
+    """A copy with the CNN weights in PyTorch's default NCHW layout. model.encoder.build_encoder's
+    are channels-last, and a convolution follows its weights' layout: with those, an NCHW input
+    alone would still run channels-last. The BatchNorms stay folded, as build_encoder makes them:
+    that only makes the baseline faster and the ratios smaller."""
     return copy.deepcopy(encoder).to(memory_format=torch.contiguous_format)
 
 
-def naive_captioner(weights: Path, device: str = "auto") -> Captioner:
-    """The weights at `weights` as trained, for naive_caption: the fp32 decoder without
-    Decoder.for_inference, and an NCHW CNN (naive_encoder)."""
-    device = resolve_device(device)
+@dataclass
+class NaiveCaptioner:
+    encoder: Encoder  # eager fp32, NCHW
+    decoder: Decoder  # fp32, as trained
+    vocab: Vocab
+    device: torch.device
+
+
+def naive_captioner(weights: Path, device: str) -> NaiveCaptioner:
+    """The weights at `weights` as trained, for naive_caption, on device (cpu or cuda: the service's,
+    runtime.captioner.resolve_device): the fp32 torch decoder and an eager NCHW CNN (naive_encoder)."""
+    device = torch.device(device)
     decoder, vocab, manifest = load_weights(weights)
-    encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device, runtime="eager"))
-    return Captioner(encoder, decoder.to(device), vocab, manifest, load_reranker(weights, manifest))
+    encoder = naive_encoder(build_encoder(manifest["encoder"]["name"], device, manifest["encoder"]["pooling"], runtime="eager"))
+    return NaiveCaptioner(encoder, decoder.to(device), vocab, device)
+
+
+def naive_seconds(naive: NaiveCaptioner, jpeg: bytes, beam_size: int, repeats: int) -> list[float]:
+    """The naive baseline per image: the service's own PIL decode, then naive_caption."""
+    return repeat_timed(lambda: naive_caption(naive, decode_image(jpeg, MAX_PIXELS), beam_size), repeats)
 
 
 @torch.inference_mode()
-def naive_caption(captioner: Captioner, image: Image.Image, beam_size: int = 3, max_length: int = 20) -> tuple[str, float]:
+def naive_caption(captioner: NaiveCaptioner, image: Image.Image, beam_size: int = 3, max_length: int = 20) -> tuple[str, float]:
     encoder, decoder, vocab = captioner.encoder, captioner.decoder, captioner.vocab
     pixels = encoder.transform(image.convert("RGB"))[None].to(captioner.device)  # [1, 3, 224, 224]
     feature = encoder.trunk(pixels)  # [1, D]

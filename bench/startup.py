@@ -1,9 +1,11 @@
-"""Start-up: seconds from `python -m app` starting to its first /readyz 200, for each CNN runtime.
+"""Start-up: seconds from `python -m app` starting to its first /readyz 200, for each CNN runtime
+the service serves with (CAPTIONER_ENCODER_RUNTIME, runtime.captioner.Captioner.load's runtime).
 
     python -m bench.startup [--repeats 3]
 
-Ready means the weights verified, the CNN built (for ONNX Runtime and OpenVINO: exported in
-memory, compiled and checked against eager PyTorch) and a warm-up caption run. Each start is a new process, as a container's is.
+Ready means the weights verified, the exported CNN (cnn.onnx) compiled and checked against its
+probe, the decoder's search built and checked, and a warm-up caption run. Each start is a new
+process, as a container's is.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 from app.local_server import running_server
 from bench.common import parser, positive, print_table, write_json
 
-RUNTIMES = ("eager", "onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,9 @@ size the level produces has run once). Per level: images/s, latency p50/p99, the
 the server formed (captioner_batch_size sum/count between the level's start and end on /metrics)
 and the failed requests.
 
-The naive baseline (bench/naive.py) is single-stream by construction: its throughput is images/s
-of decoding and calling naive_caption in a loop, --naive-images times, in this process after the
-server has stopped. Ratio per level = ours / naive.
+The naive baseline (bench/naive.py, in torch) is single-stream by construction: its throughput is
+images/s of decoding and calling naive_caption in a loop, --naive-images times, in this process
+after the server has stopped, on the device the server picks. Ratio per level = ours / naive.
 
 The clients run in this process, on the same CPUs as the server: on a small machine their HTTP
 work is part of what is measured. Server settings come from CAPTIONER_* environment variables.
@@ -21,10 +21,12 @@ from __future__ import annotations
 import sys
 
 from app.local_server import running_server
+from app.settings import Settings
 from bench.common import (
-    cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, naive_seconds, parser,
-    positive, print_table, server_settings, serving_beam_size, test_photo, write_json,
+    cpu_seconds, drive, histogram_totals, mean_between, model_summary, parser, positive, print_table, server_settings,
+    serving_beam_size, test_photo, write_json,
 )
+from runtime.captioner import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,13 +57,16 @@ def main(argv: list[str] | None = None) -> int:
             })
 
     print(f"naive: {args.naive_images} images in a loop ...", flush=True)
-    naive = in_process_captioner(args.weights, naive=True)  # also names the device and the model timed
+    from bench.naive import naive_captioner, naive_seconds  # torch, only now that the server has stopped
+
+    device = resolve_device(Settings().device)  # the server's
+    naive = naive_captioner(args.weights, device)
     naive_images_per_s = round(args.naive_images / sum(naive_seconds(naive, jpeg, args.beam_size, args.naive_images)), 2)
     for level in levels:
         level["ratio_vs_naive"] = round(level["images_per_s"] / naive_images_per_s, 2)
 
     print_table(
-        f"{args.requests} requests per level, one 640x480 JPEG, beam {args.beam_size}, {naive.device}; "
+        f"{args.requests} requests per level, one 640x480 JPEG, beam {args.beam_size}, {device}; "
         f"naive: {naive_images_per_s:.1f} images/s",
         ["clients", "images/s", "p50 ms", "p99 ms", "mean batch", "server CPU ms/request", "errors", "ours/naive (x)"],
         [[level["clients"], level["images_per_s"], level["p50_ms"], level["p99_ms"], level["mean_batch_size"],
@@ -70,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, {
         "benchmark": "throughput",
         "beam_size": args.beam_size,
-        "device": str(naive.device),
-        "model": model_summary(naive),
+        "device": device,
+        "model": model_summary(args.weights),
         "requests_per_level": args.requests,
         "server_settings": server_settings(),
         "levels": levels,

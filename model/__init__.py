@@ -1,5 +1,14 @@
-"""captioner's model: frozen CNN encoder -> image vector v -> LSTM decoder -> beam search.
+"""captioner's training side: the CNN encoder in torch, the LSTM decoder's training, evaluation,
+calibration and the export of what the runtime (runtime/) serves with.
 
-Submodules are imported by name (model.captioner, model.train, ...): importing the package alone
-loads no torch, so that `python -m model.synthetic --help` answers at once.
+It needs the train extra. Importing the package checks that it is installed, without importing
+it, so that a command run without it says in one line what to install, and `--help` stays fast.
 """
+import importlib.util
+import sys
+
+TRAIN_EXTRA = ("torch", "torchvision", "efficientnet_lite_pytorch", "pycocoevalcap")
+
+if missing := [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]:
+    sys.exit(f"error: training, evaluation and export need the train extra ({', '.join(missing)} missing): "
+             "pip install 'captioner[train]'")

@@ -6,13 +6,13 @@ and how likely each tag is to be said by a person describing the photo.
 
 The validation photos, sorted by name, are split in two halves, alternately. Each photo gets its
 caption with the weights' serving decoding; a caption counts as acceptable when its CIDEr-D against
-the photo's human captions reaches model.confidence.ACCEPTABLE_CIDER_D. The logistic fit and the
+the photo's human captions reaches runtime.confidence.ACCEPTABLE_CIDER_D. The logistic fit and the
 low-confidence threshold come from the first half; the second half measures them: the expected
 calibration error, a reliability table, and how many captions are flagged. Images unlike any
 training photo (blank frames, noise, a screenshot of text; made here) show how often they are
 flagged.
 
-Tags (weights with a tag map, model.tags): Platt scaling of each word's summed class probability,
+Tags (weights with a tag map, runtime.tags): Platt scaling of each word's summed class probability,
 fitted on the training photos (the CNN's classifier never saw them) for every word of at least
 MIN_TAG_PROBABILITY, a word counting as said when one of the photo's human captions has it or its
 plural; measured on the validation photos, and on --tags-held-out's photos too when given (for
@@ -29,7 +29,7 @@ import json
 import sys
 from pathlib import Path
 
-from model import cli
+from runtime import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="a data set with a validation split (and a train split for CIDEr-D's document frequencies)")
     parser.add_argument("--save", action="store_true", help="record the fit and its figures in the weights' manifest")
     parser.add_argument("--tags-held-out", help="another data set whose validation photos measure the tags' calibration")
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
     return parser
 
 
@@ -49,23 +48,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model.captioner import Captioner
-from model.cider import CiderD
-from model.confidence import ACCEPTABLE_CIDER_D, fit, logistic, reliability
+from model.confidence import fit, logistic
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.evaluate import readable_features
-from model.tags import TagCalibration, words_said
-from model.vocab import tokenize
-from model.weights import MANIFEST_FILE, WeightsError, read_manifest, write_manifest
+from model.evaluate import served_features
+from runtime.captioner import Captioner
+from runtime.cider import CiderD
+from runtime.confidence import ACCEPTABLE_CIDER_D, reliability
+from runtime.tags import TagCalibration, words_said
+from runtime.vocab import tokenize
+from runtime.weights import MANIFEST_FILE, WeightsError, read_manifest, write_manifest
 
 MIN_TAG_PROBABILITY = 0.01  # below it a word is never near being shown: its pairs would only swamp the fit
 
 
-def tag_pairs(captioner: Captioner, items: list[ImageCaptions], cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def tag_pairs(captioner: Captioner, items: list[ImageCaptions]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each (photo, word) of summed probability >= MIN_TAG_PROBABILITY: that probability [N], and
     whether a human caption of the photo says the word [N]."""
-    items, features, _ = readable_features(captioner.encoder, items, cache_dir)
-    summed, _ = captioner.tagger.word_probabilities(features)  # [B, W]
+    items, features, _ = served_features(captioner, items)
+    summed = torch.from_numpy(captioner.tagger.word_probabilities(features)[0])  # [B, W]
     words = captioner.tagger.words
     said = torch.tensor([[word in spoken for word in words] for spoken in (words_said(item.captions, words) for item in items)],
                         dtype=torch.bool)  # [B, W]
@@ -73,10 +73,9 @@ def tag_pairs(captioner: Captioner, items: list[ImageCaptions], cache_dir: Path)
     return summed[kept], said[kept]
 
 
-def fit_tags(captioner: Captioner, train: list[ImageCaptions], held_out: dict[str, list[ImageCaptions]],
-             cache_dir: Path) -> dict:
+def fit_tags(captioner: Captioner, train: list[ImageCaptions], held_out: dict[str, list[ImageCaptions]]) -> dict:
     """The tags' Platt scaling, fitted on `train`, and its reliability on each held-out set."""
-    probabilities, said = tag_pairs(captioner, train, cache_dir)
+    probabilities, said = tag_pairs(captioner, train)
     logits = torch.logit(probabilities.double().clamp(1e-9, 1 - 1e-9))
     weights, bias = logistic(logits[:, None], said)
     calibration = TagCalibration(round(weights.item(), 4), round(bias, 4))
@@ -85,8 +84,8 @@ def fit_tags(captioner: Captioner, train: list[ImageCaptions], held_out: dict[st
                            f"{MIN_TAG_PROBABILITY}; a word is right when a human caption says it or its plural",
               "held_out": {}}
     for name, items in held_out.items():
-        probabilities, said = tag_pairs(captioner, items, cache_dir)
-        ece, bins = reliability(calibration(probabilities).tolist(), said.tolist())
+        probabilities, said = tag_pairs(captioner, items)
+        ece, bins = reliability(calibration(probabilities.numpy()).tolist(), said.tolist())
         report["held_out"][name] = {"photos": len(items), "pairs": len(said), "expected_calibration_error": round(ece, 4),
                                     "reliability": bins}
     return report
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {dataset.why_empty('val' if not val else 'train')}\n")
 
     val = sorted(val, key=lambda item: item.image_path.name)
-    items, features, _ = readable_features(captioner.encoder, val, args.cache_dir)
+    items, features, _ = served_features(captioner, val)
     described = captioner.describe(features)
     captions = [best[0] for best in described]
     agreements = [best[0] for best in captioner.agreements(features, described)]  # None each without a reranker
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tags_held_out:
             other = load_dataset(args.tags_held_out)
             held_out[other.name] = other.split("val")
-        tags = fit_tags(captioner, train, held_out, args.cache_dir)
+        tags = fit_tags(captioner, train, held_out)
         print(json.dumps(tags, indent=2))
     if args.save:
         manifest = read_manifest(args.weights)

@@ -1,22 +1,4 @@
-"""Consensus reranking: of the beam's captions, keep the one the photo's describers would agree with most.
-
-Fitted by python -m model.fit_reranker.
-
-Beam search ranks captions by the decoder's likelihood, which favours the safest phrasing; people
-describing a photo agree on its salient words and phrases, and CIDEr scores exactly that agreement.
-The reranker predicts, from the image vector v alone, what the photo's human captions would say: a
-ridge regression from v to the mean of their CIDEr-D tf-idf vectors (n-grams of 1 to 4 words, each n
-normalised), fitted once on the training photos. A caption's agreement with the prediction is
-CIDEr-D's own (the sum over n of the dot products of normalised vectors, times its Gaussian length
-penalty against the mean training caption length); the caption kept maximises
-log p + consensus_weight * agreement among the beam_size finished beams (Decoding.consensus_weight;
-0 keeps beam search's order and needs no reranker).
-
-Its vocabulary is the n-grams used in the captions of at least MIN_PHOTOS training photos: common
-phrases such as "a dog runs through", never a whole caption of the data set. It is saved beside the
-decoder (RERANKER_FILE, listed in the manifest) and depends only on the encoder's v, not on the
-decoder: a retrained decoder on the same encoder can keep it.
-"""
+"""Fitting the consensus reranker (runtime.consensus) on the training photos: python -m model.fit_reranker runs it."""
 from __future__ import annotations
 
 import json
@@ -25,111 +7,47 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
+import numpy as np
+from safetensors.numpy import save_file
 
-from model.cider import N, SIGMA, ngrams
-from model.files import atomic_write
-from model.vocab import tokenize
+from runtime.cider import ngrams
+from runtime.consensus import ConsensusReranker
+from runtime.files import atomic_write
 
-RERANKER_FILE = "reranker.safetensors"
 MIN_PHOTOS = 10  # an n-gram enters the reranker's vocabulary when this many training photos' captions use it
 RIDGE = 100.0  # the regression's L2 penalty on standardised features: mild against 6,000 photos, firm against a few dozen
 
 
-class ConsensusReranker:
-    def __init__(self, grams: list[tuple[str, ...]], idf: torch.Tensor, rare_idf: float, mean_length: float,
-                 feature_mean: torch.Tensor, feature_std: torch.Tensor, weight: torch.Tensor):
-        self.grams = grams
-        self.index = {gram: j for j, gram in enumerate(grams)}
-        self.idf = idf.tolist()  # [G]
-        self.rare_idf = rare_idf  # the idf of an n-gram outside the vocabulary: that of one seen in a single photo
-        self.mean_length = mean_length
-        self.feature_mean, self.feature_std = feature_mean, feature_std  # [D], [D]
-        self.weight = weight  # [G, D + 1]: each n-gram's read-out from the standardised v and a constant
+def fit(features: np.ndarray, references: Sequence[Sequence[Sequence[str]]]) -> ConsensusReranker:
+    """features [N, D] of the training photos; references: per photo, its captions as word lists."""
+    features = np.asarray(features, np.float32)
+    photos = len(references)
+    frequency = Counter(gram for refs in references for gram in {g for ref in refs for g in ngrams(ref)})
+    grams = sorted(gram for gram, count in frequency.items() if count >= MIN_PHOTOS)
+    idf = np.array([math.log(photos / frequency[gram]) for gram in grams], np.float32)
+    empty = np.empty((0, features.shape[1]), np.float32)
+    reranker = ConsensusReranker(grams, idf, math.log(photos), 0.0, empty, empty, np.empty(0))  # its vocabulary, for vector()
+    targets = np.zeros((photos, len(grams)), np.float32)  # [N, G]: the mean of each photo's caption vectors
+    for row, refs in enumerate(references):
+        for ref in refs:
+            columns, values = reranker.vector(ref)
+            np.add.at(targets[row], columns, np.array(values, np.float32) / len(refs))
+    reranker.mean_length = sum(len(ref) for refs in references for ref in refs) / sum(map(len, references))
+    reranker.feature_mean, reranker.feature_std = features.mean(0), features.std(0, ddof=1) + 1e-6
+    inputs = reranker._inputs(features)  # [N, D + 1]
+    penalty = RIDGE * np.eye(inputs.shape[1], dtype=np.float32)
+    penalty[-1, -1] = 0.0  # the constant is not shrunk
+    reranker.weight = np.ascontiguousarray(np.linalg.solve(inputs.T @ inputs + penalty, inputs.T @ targets).T)  # [G, D + 1]
+    return reranker
 
-    @classmethod
-    def fit(cls, features: torch.Tensor, references: Sequence[Sequence[Sequence[str]]]) -> ConsensusReranker:
-        """features [N, D] of the training photos; references: per photo, its captions as word lists."""
-        photos = len(references)
-        frequency = Counter(gram for refs in references for gram in {g for ref in refs for g in ngrams(ref)})
-        grams = sorted(gram for gram, count in frequency.items() if count >= MIN_PHOTOS)
-        idf = torch.tensor([math.log(photos / frequency[gram]) for gram in grams])
-        empty = torch.empty(0, features.size(1))
-        reranker = cls(grams, idf, math.log(photos), 0.0, empty, empty, torch.empty(0))  # its vocabulary, for vector()
-        targets = torch.zeros(photos, len(grams))  # [N, G]: the mean of each photo's caption vectors
-        for row, refs in enumerate(references):
-            for ref in refs:
-                columns, values = reranker.vector(ref)
-                targets[row].index_add_(0, torch.tensor(columns, dtype=torch.long), torch.tensor(values) / len(refs))
-        reranker.mean_length = sum(len(ref) for refs in references for ref in refs) / sum(map(len, references))
-        reranker.feature_mean, reranker.feature_std = features.mean(0), features.std(0) + 1e-6
-        inputs = reranker._inputs(features)  # [N, D + 1]
-        penalty = RIDGE * torch.eye(inputs.size(1))
-        penalty[-1, -1] = 0.0  # the constant is not shrunk
-        reranker.weight = torch.linalg.solve(inputs.T @ inputs + penalty, inputs.T @ targets).T.contiguous()  # [G, D + 1]
-        return reranker
 
-    def _inputs(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, D] -> [B, D + 1]: standardised, with a constant column."""
-        standardised = (features.float().cpu() - self.feature_mean) / self.feature_std
-        return torch.cat([standardised, torch.ones(features.size(0), 1)], 1)
-
-    def vector(self, words: Sequence[str]) -> tuple[list[int], list[float]]:
-        """CIDEr-D's tf-idf vector of a caption, each n normalised, as (columns, values) over the vocabulary."""
-        weights = [dict() for _ in range(N)]
-        for gram, count in ngrams(words).items():
-            j = self.index.get(gram)
-            weights[len(gram) - 1][j if j is not None else gram] = count * (self.idf[j] if j is not None else self.rare_idf)
-        columns, values = [], []
-        for per_n in weights:
-            norm = math.sqrt(sum(w * w for w in per_n.values()))
-            for key, w in per_n.items():
-                if isinstance(key, int) and norm:  # norm 0: only n-grams that every photo's captions use
-                    columns.append(key)
-                    values.append(w / norm)
-        return columns, values
-
-    def agreement(self, features: torch.Tensor, captions: Sequence[Sequence[Sequence[str]]]) -> list[list[float]]:
-        """features [B, D]; captions: per image, its candidates as word lists -> per image, each one's agreement."""
-        inputs = self._inputs(features)  # [B, D + 1]
-        scores = []
-        for row, candidates in zip(inputs, captions):
-            vectors = [self.vector(words) for words in candidates]
-            needed = sorted({j for columns, _ in vectors for j in columns})
-            predicted = dict(zip(needed, (self.weight[needed].float() @ row).tolist()))  # only the columns the candidates use
-            scores.append([
-                sum(v * predicted[j] for j, v in zip(columns, values))
-                * math.exp(-((len(words) - self.mean_length) ** 2) / (2 * SIGMA**2))
-                for (columns, values), words in zip(vectors, candidates)
-            ])
-        return scores
-
-    def rerank(self, features: torch.Tensor, captions: list[list[tuple[str, float]]], weight: float) -> list[list[tuple[str, float]]]:
-        """features [B, D]; captions: per image, (text, log p) candidates -> the same, best first by
-        log p + weight * agreement."""
-        agreements = self.agreement(features, [[tokenize(text) for text, _ in candidates] for candidates in captions])
-        return [[candidate for _, candidate in sorted(zip(scores, candidates), key=lambda pair: -(pair[1][1] + weight * pair[0]))]
-                for scores, candidates in zip(agreements, captions)]
-
-    def save(self, path: Path) -> None:
-        tensors = {"idf": torch.tensor(self.idf), "feature_mean": self.feature_mean, "feature_std": self.feature_std,
-                   "weight": self.weight.half()}  # fp16 halves the file; agreements move by under 1e-3 (tests)
-        # One metadata key: safetensors writes several in a random order (safetensors issue 584), and the
-        # manifest's sha256 of this file should not change when the same reranker is fitted again.
-        metadata = {"reranker": json.dumps({"grams": [" ".join(gram) for gram in self.grams], "rare_idf": self.rare_idf,
-                                            "mean_length": self.mean_length})}
-        atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata))
-
-    @classmethod
-    def load(cls, path: Path) -> ConsensusReranker:
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            metadata = f.metadata() or {}
-            if "reranker" not in metadata:
-                raise ValueError(f"{path} was written by an older version of captioner: fit it again (python -m model.fit_reranker)")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-        fields = json.loads(metadata["reranker"])
-        return cls([tuple(gram.split(" ")) for gram in fields["grams"]], tensors["idf"], fields["rare_idf"], fields["mean_length"],
-                   tensors["feature_mean"], tensors["feature_std"], tensors["weight"])
+def save(reranker: ConsensusReranker, path: Path) -> None:
+    tensors = {"idf": np.array(reranker.idf, np.float32), "feature_mean": reranker.feature_mean,
+               "feature_std": reranker.feature_std,
+               "weight": reranker.weight.astype(np.float16)}  # fp16 halves the file; agreements move by under 1e-3 (tests)
+    # One metadata key: safetensors writes several in a random order (safetensors issue 584), and the
+    # manifest's sha256 of this file should not change when the same reranker is fitted again.
+    metadata = {"reranker": json.dumps({"grams": [" ".join(gram) for gram in reranker.grams], "rare_idf": reranker.rare_idf,
+                                        "mean_length": reranker.mean_length})}
+    atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v, np.float32 if k != "weight" else np.float16)
+                                              for k, v in tensors.items()}, tmp, metadata))

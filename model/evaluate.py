@@ -8,7 +8,7 @@ Captions are written as the service writes them: with the decoding the weights' 
 changes it. --set-defaults makes the decoding used the weights' new serving default and records the
 scores in the manifest.
 
-Both sides are tokenized with model.vocab.tokenize (lowercase, punctuation stripped), the same
+Both sides are tokenized with runtime.vocab.tokenize (lowercase, punctuation stripped), the same
 normalisation as PTBTokenizer for plain English, without a Java process per call. METEOR needs
 Java; without it the other metrics are printed and METEOR is reported as missing.
 """
@@ -18,8 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from model import cli
-from model.options import PRECISIONS, RUNTIMES
+from runtime import cli
+from runtime.options import DEVICES, PRECISIONS, SERVING_RUNTIMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="record this decoding as the weights' serving default, and these scores in their manifest")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     parser.add_argument("--captions-out", type=Path, help="write image -> caption JSON here")
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="feature cache folder")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the decoder's search runs (auto: as the service)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="the decoder's matmuls (auto: bf16 where the hardware has it, as the service runs it)")
-    parser.add_argument("--encoder-runtime", default="auto", choices=RUNTIMES,
-                        help="what runs the CNN (auto: OpenVINO on the CPU, else ONNX Runtime, as the service runs it)")
+                        help="the decoder's matmuls (auto: int8 on a CPU, as the service runs it)")
+    parser.add_argument("--encoder-runtime", default="auto", choices=SERVING_RUNTIMES,
+                        help="what runs the exported CNN (auto: OpenVINO, else ONNX Runtime, as the service runs it)")
     return parser
 
 
@@ -58,20 +57,21 @@ if __name__ == "__main__":  # --help and mistyped flags answer now, not after se
 import json
 import shutil
 
-import torch
+import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
+from tqdm import tqdm
 
-from model.captioner import Captioner, describe
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.encoder import Encoder
-from model.features import extract_features, report_skipped
-from model.options import Decoding
-from model.tags import Tag, words_said
-from model.vocab import tokenize
-from model.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
+from runtime.beam import Search
+from runtime.captioner import Captioner, describe
+from runtime.images import ImageRejected, decode_image
+from runtime.options import Decoding
+from runtime.tags import Tag, words_said
+from runtime.vocab import tokenize
+from runtime.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -89,33 +89,42 @@ def score_captions(predictions: dict[str, str], references: dict[str, list[str]]
     return {name: None if scores[name] is None else float(scores[name]) for name in METRICS}
 
 
-def caption_items(decoder, vocab, features: torch.Tensor, decoding: Decoding, reranker=None, tagger=None,
+def caption_items(search: Search, vocab, features: np.ndarray, decoding: Decoding, reranker=None, tagger=None,
                   batch_size: int = 256) -> list[str]:
     """Best caption for each row of features [N, D], decoded in batches of images."""
     captions = []
-    for chunk in features.split(batch_size):
-        captions += [best[0][0] for best in describe(decoder, vocab, chunk, decoding, reranker=reranker, tagger=tagger)]
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        captions += [best[0][0] for best in describe(search, vocab, chunk, decoding, reranker=reranker, tagger=tagger)]
     return captions
 
 
-def readable_features(
-    encoder: Encoder, items: list[ImageCaptions], cache_dir: Path
-) -> tuple[list[ImageCaptions], torch.Tensor, int]:
-    """The items whose photos could be read, in order, their features [N, D], and how many were skipped
-    (named on stderr)."""
-    table = extract_features(encoder, [item.image_path for item in items], cache_dir)
-    report_skipped(table)
-    rows = table.rows()
-    items = [item for item in items if item.image_path in rows]
-    return items, table.features[[rows[item.image_path] for item in items]], len(table.skipped)
+def served_features(captioner: Captioner, items: list[ImageCaptions], batch_size: int = 32
+                    ) -> tuple[list[ImageCaptions], np.ndarray, int]:
+    """The items whose photos could be read, in order, and their features [N, D] as the service
+    computes them: each photo's bytes decoded as an upload is (runtime.images), prepared and run
+    through the exported CNN. Also how many were skipped (named on stderr)."""
+    kept, features, batch, skipped = [], [], [], []
+    for item in tqdm(items, desc="features (served CNN)", unit="photo", leave=False):
+        try:
+            batch.append(captioner.preprocess(decode_image(item.image_path.read_bytes(), max_pixels=10**9)))
+            kept.append(item)
+        except (ImageRejected, OSError) as error:
+            skipped.append(f"{item.image_path}: {error}")
+        if len(batch) == batch_size or (item is items[-1] and batch):
+            features.append(captioner.encode_pixels(np.stack(batch)))
+            batch = []
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images:" + "".join(f"\n  {line}" for line in skipped[:20]), file=sys.stderr)
+    return kept, np.concatenate(features) if features else np.zeros((0, 0), np.float32), len(skipped)
 
 
 def evaluate_split(
-    captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, cache_dir: Path, meteor: bool = True
+    captioner: Captioner, items: list[ImageCaptions], decoding: Decoding, meteor: bool = True
 ) -> tuple[dict, dict[str, str]]:
-    """Scores of the captioner on `items`, and its caption for each image file name."""
-    items, features, skipped = readable_features(captioner.encoder, items, cache_dir)
-    captions = caption_items(captioner.decoder, captioner.vocab, features, decoding, captioner.reranker, captioner.tagger)
+    """Scores of the captioner on `items`, captioned as the service captions them, and its caption for each image file name."""
+    items, features, skipped = served_features(captioner, items)
+    captions = caption_items(captioner.search, captioner.vocab, features, decoding, captioner.reranker, captioner.tagger)
     predictions = {item.image_path.name: caption for item, caption in zip(items, captions)}
     references = {item.image_path.name: list(item.captions) for item in items}
     scores = score_captions(predictions, references, meteor)
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                       block_ngram=args.block_ngram, max_length=args.max_length,
                                       consensus_weight=args.consensus_weight, guided=args.guided,
                                       tag_threshold=args.tag_threshold, forced_tags=args.forced_tags)
-    scores, predictions = evaluate_split(captioner, items, decoding, args.cache_dir)
+    scores, predictions = evaluate_split(captioner, items, decoding)
     scores |= synthetic_scores(Path(args.data), predictions)
     shown = ", ".join(f"{name} {value}" for name, value in decoding.to_dict().items())
     print(f"{dataset.name} / {args.split} / {shown} / {captioner.model_id}")
@@ -186,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = verify(args.weights)
         manifest["decoding"] = decoding.to_dict()
         manifest.setdefault("scores", {})[args.split] = {**scores, "split": args.split, **decoding.to_dict(),
-                                                         "decoder_precision": captioner.decoder.precision,
-                                                         "encoder_runtime": captioner.encoder.runtime}
+                                                         "decoder_precision": captioner.precision,
+                                                         "encoder_runtime": captioner.runtime}
         write_manifest(args.weights, manifest)
         print(f"{args.weights}: serving decoding and {args.split} scores recorded in {MANIFEST_FILE}")
     if args.json:

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.encoder import Encoder
-from model.files import atomic_write
-from model.options import VIEWS
+from runtime.files import atomic_write
+from runtime.options import VIEWS
 
 
 ZOOM = 0.8  # the zoomed views keep the centre 80% of each side
@@ -133,3 +133,13 @@ def report_skipped(table: FeatureTable, shown: int = 20) -> None:
         names = "".join(f"\n  {path}" for path in table.skipped[:shown])
         more = f"\n  ... and {len(table.skipped) - shown} more" if len(table.skipped) > shown else ""
         print(f"skipped {len(table.skipped)} unreadable images:{names}{more}", file=sys.stderr)
+
+
+def readable_features(encoder: Encoder, items: list, cache_dir: Path) -> tuple[list, torch.Tensor, int]:
+    """The items (model.data.ImageCaptions) whose photos could be read, in order, their features
+    [N, D] as training sees them (cached), and how many were skipped (named on stderr)."""
+    table = extract_features(encoder, [item.image_path for item in items], cache_dir)
+    report_skipped(table)
+    rows = table.rows()
+    items = [item for item in items if item.image_path in rows]
+    return items, table.features[[rows[item.image_path] for item in items]], len(table.skipped)

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from model import cli
+from runtime import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":  # --help answers before torch loads
     build_parser().parse_args(sys.argv[1:])
 
-from model.consensus import MIN_PHOTOS, RERANKER_FILE, RIDGE, ConsensusReranker
+from model.consensus import MIN_PHOTOS, RIDGE, fit
 from model.data import DatasetFormatError, load_dataset
 from model.encoder import build_encoder
-from model.evaluate import readable_features
-from model.vocab import tokenize
-from model.weights import MANIFEST_FILE, WeightsError, add_reranker, verify
+from model.features import readable_features
+from model.weights import add_reranker
+from runtime.consensus import RERANKER_FILE
+from runtime.vocab import tokenize
+from runtime.weights import MANIFEST_FILE, WeightsError, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {dataset.why_empty('train')}\n")
     started = time.monotonic()
     items, features, _ = readable_features(encoder, train, args.cache_dir)
-    reranker = ConsensusReranker.fit(features, [[tokenize(caption) for caption in item.captions] for item in items])
+    reranker = fit(features.numpy(), [[tokenize(caption) for caption in item.captions] for item in items])
     seconds = round(time.monotonic() - started, 1)
     add_reranker(args.weights, reranker, {"fitted_on": f"{len(items)} {dataset.name} training photos", "grams": len(reranker.grams),
                                           "min_photos": MIN_PHOTOS, "ridge": RIDGE, "seconds": seconds})

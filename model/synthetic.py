@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from model import cli
-from model.vocab import tokenize
+from runtime import cli
+from runtime.vocab import tokenize
 
 IMAGE_SIZE = 224
 COLOURS = {

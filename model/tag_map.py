@@ -9,7 +9,7 @@ espresso -> coffee, golden retriever -> dog. The
 walk up stops at generic synsets (GENERIC), so a class whose only words in the vocabulary are as
 vague as "animal", "device" or "object" maps to none. OVERRIDES fixes the few classes where
 WordNet's sense counts lead the walk astray. Each word also lists what else satisfies it in a
-caption (model.tags.TagMap.satisfying_words): its plural, and the vocabulary's words for the same
+caption (runtime.tags.TagMap.satisfying_words): its plural, and the vocabulary's words for the same
 synset and for its hyponyms ("puppy" and "terrier" say "dog").
 
 Reads WordNet's database files (Debian's wordnet-base installs them under /usr/share/wordnet);
@@ -23,9 +23,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.tags import TAGS_FILE, word_forms
-from model.vocab import Vocab
-from model.weights import WeightsError, add_tag_map
+from model.weights import add_tag_map
+from runtime.tags import TAGS_FILE, word_forms
+from runtime.vocab import Vocab
+from runtime.weights import WeightsError
 
 DEFAULT_WORDNET = Path("/usr/share/wordnet")
 # Synsets whose lemmas are too vague to tell a user what is in the photo: the walk up stops at them.

@@ -24,8 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from model import cli
-from model.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES, VIEWS, Decoding
+from runtime import cli
+from runtime.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES, VIEWS, Decoding
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,16 +112,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from model.captioner import Captioner
-from model.cider import CiderD
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import EncoderUnavailable, build_encoder
 from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
+from model.export import export
 from model.features import FeatureTable, extract_features, report_skipped
-from model.files import atomic_write, replace_folder
-from model.vocab import Vocab, tokenize
-from model.weights import MANIFEST_FILE, WeightsError, load_weights, save_weights, verify, write_manifest
+from model.weights import load_weights, save_weights
+from runtime.captioner import Captioner
+from runtime.cider import CiderD
+from runtime.decoder import ArrayStep
+from runtime.files import atomic_write, replace_folder
+from runtime.vocab import Vocab, tokenize
+from runtime.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
 
 CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
@@ -271,7 +274,8 @@ def scst_step(decoder: Decoder, optimizer: torch.optim.Optimizer, features: torc
 def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[ImageCaptions], decoding: Decoding) -> dict:
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
-    captions = caption_items(decoder, vocab, table.features[[rows[i.image_path] for i in items]], decoding)
+    features = table.features[[rows[i.image_path] for i in items]].numpy()
+    captions = caption_items(ArrayStep(decoder.frozen()), vocab, features, decoding)  # fp32, in numpy
     predictions = {str(item.image_path): caption for item, caption in zip(items, captions)}
     references = {str(item.image_path): list(item.captions) for item in items}
     return score_captions(predictions, references, meteor=False)
@@ -502,16 +506,18 @@ def save_checkpoint(path, args, decoder, averaged, optimizer, scheduler, epoch, 
 
 
 def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: float) -> None:
-    """Score the best weights on every split but train with every metric, record it in their manifest, export them."""
+    """Export the best weights' CNN (model.export), score them as the service runs them on every
+    split but train with every metric, record it in their manifest, copy them to --export."""
     best = args.out / "best"
-    captioner = Captioner.load(best, device, runtime=args.encoder_runtime)
+    export(best)
+    captioner = Captioner.load(best, device.type)
     full = verify(best)
     for split in ("val", "test"):
         items = dataset.split(split)
         if not items:
             print(f"no {split} scores: {dataset.why_empty(split)}")
             continue
-        scores, predictions = evaluate_split(captioner, items, captioner.decoding, args.cache_dir)
+        scores, predictions = evaluate_split(captioner, items, captioner.decoding)
         scores |= synthetic_scores(Path(args.data), predictions)
         full["scores"][split] = {**scores, "split": split, **captioner.decoding.to_dict()}
         print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float)))

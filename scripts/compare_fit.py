@@ -5,8 +5,9 @@
 The shared Flickr8k photos were squeezed to 224 x 224 from their original shapes (mostly about
 500 x 375), and a user's photo keeps its own shape. To ask what each way of making a photo square
 costs, each validation photo is first stretched back to a typical original shape (4:3 landscape,
-and 3:4 portrait), then prepared each way (model.encoder.FITS) and captioned with the weights'
-decoding. The first row, the photo as stored, is what the decoder was validated on.
+and 3:4 portrait), then prepared each way (runtime.preprocess.FITS), run through the served CNN
+and captioned with the weights' decoding. The first row, the photo as stored, is what the decoder
+was validated on.
 """
 from __future__ import annotations
 
@@ -14,29 +15,31 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.captioner import Captioner
 from model.data import DatasetFormatError, load_dataset
-from model.encoder import FITS, Encoder
 from model.evaluate import caption_items, score_captions
-from model.weights import WeightsError
+from runtime.captioner import Captioner
+from runtime.preprocess import FITS, Preprocessing
+from runtime.weights import WeightsError
 
 SHAPES = {"as stored (224 x 224)": None, "4:3 landscape (299 x 224)": (299, 224), "3:4 portrait (224 x 299)": (224, 299)}
 
 
-def features_of(encoder: Encoder, photos: list[Path], shape: tuple[int, int] | None, batch_size: int = 32) -> torch.Tensor:
+def features_of(captioner: Captioner, preprocessing: Preprocessing, photos: list[Path], shape: tuple[int, int] | None,
+                batch_size: int = 32) -> np.ndarray:
+    """The served CNN's features [N, D] of the photos, stretched to shape (None: as stored), prepared by preprocessing."""
     rows = []
-    for start in tqdm(range(0, len(photos), batch_size), desc=f"{encoder.preprocessing.fit}, {shape}", leave=False):
-        images = []
+    for start in tqdm(range(0, len(photos), batch_size), desc=f"{preprocessing.fit}, {shape}", leave=False):
+        pixels = []
         for path in photos[start : start + batch_size]:
             with Image.open(path) as image:
                 image = image.convert("RGB")
-                images.append(image.resize(shape, Image.Resampling.BICUBIC) if shape else image)
-        rows.append(encoder.encode(images))
-    return torch.cat(rows)  # [N, D]
+                pixels.append(preprocessing.pixels(image.resize(shape, Image.Resampling.BICUBIC) if shape else image))
+        rows.append(captioner.encode_pixels(np.stack(pixels)))
+    return np.concatenate(rows)  # [N, D]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,16 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     photos = [item.image_path for item in items]
     references = {str(p): list(item.captions) for p, item in zip(photos, items)}
-    served = captioner.encoder
+    served = captioner.preprocessing
 
     print(f"{len(items)} validation photos, {captioner.model_id}, decoding {captioner.decoding.to_dict()}")
     print(f"{'photo shape':<28}{'fit':<9}{'BLEU-4':>8}{'METEOR':>8}{'CIDEr':>8}")
     for shape_name, shape in SHAPES.items():
-        for fit in FITS if shape else [served.preprocessing.fit]:
-            encoder = Encoder(served.name, served.trunk, served.feature_dim, replace(served.preprocessing, fit=fit),
-                              served.weights_sha256, served.pooling)
-            captions = caption_items(captioner.decoder, captioner.vocab, features_of(encoder, photos, shape), captioner.decoding,
-                                     captioner.reranker)
+        for fit in FITS if shape else [served.fit]:
+            features = features_of(captioner, replace(served, fit=fit), photos, shape)
+            captions = caption_items(captioner.search, captioner.vocab, features, captioner.decoding, captioner.reranker)
             scores = score_captions({str(p): c for p, c in zip(photos, captions)}, references)
             meteor = f"{scores['METEOR']:8.4f}" if scores["METEOR"] is not None else f"{'-':>8}"
             print(f"{shape_name:<28}{fit:<9}{scores['BLEU-4']:8.4f}{meteor}{scores['CIDEr']:8.4f}", flush=True)

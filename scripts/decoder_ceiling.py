@@ -3,7 +3,9 @@
     python scripts/decoder_ceiling.py --data ../shared/data/flickr8k --weights weights runs/A/best runs/B/best
     python scripts/decoder_ceiling.py --data ../shared/data/flickr8k --weights weights --neighbours 25
 
-Both print the dev scores of the first weights folder alone (its serving decoding) and of the probe.
+Both print the dev scores of the first weights folder alone (its serving decoding) and of the probe,
+on the features training made (model.features), every search in fp32 (the ensemble runtime.beam's
+loop around numpy steps, a decoder alone the fp32 graph): probe and decoder differ in nothing else.
 
 Several --weights folders (decoders trained on the same CNN features with the same vocabulary, such
 as docs/quality.md's ablation runs): beam search over their ensemble, each step's word probabilities
@@ -22,58 +24,63 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import numpy as np
 
-from model.captioner import Captioner, describe
-from model.cider import CiderD
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.decoder import Decoder
-from model.evaluate import caption_items, print_table, readable_features, score_captions
-from model.vocab import tokenize
-from model.weights import WeightsError
+from model.encoder import build_encoder
+from model.evaluate import caption_items, print_table, score_captions
+from model.features import readable_features
+from runtime.captioner import Captioner, describe
+from runtime.cider import CiderD
+from runtime.decoder import ArrayStep, FrozenDecoder
+from runtime.vocab import tokenize
+from runtime.weights import WeightsError
 
 
-class Ensemble(nn.Module):
-    """Decoders as one for beam search: their states side by side, their word probabilities averaged."""
+class Ensemble:
+    """Decoders as one search for runtime.beam (ArrayStep's interface): each steps its own state in
+    numpy, their word probabilities averaged."""
 
-    def __init__(self, decoders: list[Decoder]):
-        super().__init__()
-        self.members = nn.ModuleList(decoders)
-        self.config = decoders[0].config  # beam search reads the vocabulary size
-        self.hidden_sizes = [decoder.config.hidden_dim for decoder in decoders]
-        self.beam_graph = None  # beam search runs its steps in Python, through step below
+    def __init__(self, members: list[ArrayStep]):
+        self.members = members
+        self.vocab_size = members[0].vocab_size
+        self.precision = "fp32"
 
-    def start(self, features: torch.Tensor) -> tuple:
-        """features [N, D] -> W_h h [N, sum 4H], c [N, sum H], gate terms [N, sum 4H]."""
-        return tuple(torch.cat(parts, 1) for parts in zip(*(decoder.start(features) for decoder in self.members)))
+    def image_gates(self, features: np.ndarray) -> list:
+        return [member.image_gates(features) for member in self.members]
 
-    def step(self, tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        recurrent, c, gates = (part.split([width * size for size in self.hidden_sizes], 1) for part, width in zip(state, (4, 1, 4)))
-        outputs = [decoder.step(tokens, member) for decoder, member in zip(self.members, zip(recurrent, c, gates))]
-        log_probs = torch.stack([lp for lp, _ in outputs]).logsumexp(0) - math.log(len(outputs))  # [N, V]: mean probability
-        return log_probs, tuple(torch.cat(parts, 1) for parts in zip(*(member for _, member in outputs)))
+    def start(self, image_gates: list, rows_per_image: int) -> list:
+        return [member.start(gates, rows_per_image) for member, gates in zip(self.members, image_gates)]
+
+    def step(self, tokens: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+        outputs = [member.step(tokens, part) for member, part in zip(self.members, state)]
+        log_probs = np.logaddexp.reduce([lp for lp, _ in outputs]) - math.log(len(outputs))  # [N, V]: mean probability
+        return log_probs, [part for _, part in outputs]
+
+    def select(self, state: list, rows: list[int]) -> list:
+        return [member.select(part, rows) for member, part in zip(self.members, state)]
 
 
-def ensemble_captions(captioners: list[Captioner], features: torch.Tensor) -> list[str]:
+def ensemble_captions(captioners: list[Captioner], folders: list[Path], features: np.ndarray) -> list[str]:
     first = captioners[0]
     for other in captioners[1:]:
         if other.vocab.words != first.vocab.words or other.manifest["encoder"]["fingerprint"] != first.manifest["encoder"]["fingerprint"]:
             raise SystemExit(f"error: {other.model_id} differs from {first.model_id} in vocabulary or image features")
-    return caption_items(Ensemble([c.decoder for c in captioners]), first.vocab, features, first.decoding, first.reranker)
+    ensemble = Ensemble([ArrayStep(FrozenDecoder.load(folder)) for folder in folders])
+    return caption_items(ensemble, first.vocab, features, first.decoding, first.reranker)
 
 
-def neighbour_captions(captioner: Captioner, features: torch.Tensor, train: list[ImageCaptions],
-                       train_features: torch.Tensor, neighbours: int, candidates: int) -> list[str]:
+def neighbour_captions(captioner: Captioner, features: np.ndarray, train: list[ImageCaptions],
+                       train_features: np.ndarray, neighbours: int, candidates: int) -> list[str]:
     references = [[tokenize(caption) for caption in item.captions] for item in train]
     cider = CiderD(references)
-    similarity = F.normalize(features.float(), dim=1) @ F.normalize(train_features.float(), dim=1).T  # [N, N_train]
-    nearest = similarity.topk(neighbours, dim=1).indices.tolist()  # [N, K]
+    unit, train_unit = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (features, train_features))
+    similarity = unit @ train_unit.T  # [N, N_train]: cosine
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours].tolist()  # [N, K]
     decoding = captioner.decoding.but(beam_size=candidates, consensus_weight=0.0)  # the beams as beam search ranks them
     chosen = []
-    for start in range(0, features.size(0), 256):
-        beams = describe(captioner.decoder, captioner.vocab, features[start : start + 256], decoding, num_captions=candidates)
+    for start in range(0, len(features), 256):
+        beams = describe(captioner.search, captioner.vocab, features[start : start + 256], decoding, num_captions=candidates)
         for row, texts in enumerate(beams, start):
             pool = [ref for j in nearest[row] for ref in references[j]]
             chosen.append(max((text for text, _ in texts), key=lambda text: cider.score(tokenize(text), pool)))
@@ -95,26 +102,29 @@ def main() -> None:
         p.error("--candidates must be at least 1")
     try:
         dataset = load_dataset(args.data)
-        captioners = [Captioner.load(folder, "cpu") for folder in args.weights]
+        captioners = [Captioner.load(folder, "cpu", "fp32") for folder in args.weights]
     except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         p.exit(2, f"error: {error}\n")
     first = captioners[0]
-    items, features, _ = readable_features(first.encoder, dataset.split("val"), args.cache_dir)
+    recorded = first.manifest["encoder"]
+    encoder = build_encoder(recorded["name"], "cpu", recorded["pooling"])
+    items, features, _ = readable_features(encoder, dataset.split("val"), args.cache_dir)
+    features = features.numpy()
     references = {str(item.image_path): list(item.captions) for item in items}
 
     def show(title: str, captions: list[str]) -> None:
         print(f"\n{title}")
         print_table(score_captions({str(item.image_path): text for item, text in zip(items, captions)}, references))
 
-    show(f"{first.model_id} alone", caption_items(first.decoder, first.vocab, features, first.decoding, first.reranker))
+    show(f"{first.model_id} alone", caption_items(first.search, first.vocab, features, first.decoding, first.reranker))
     if args.neighbours:
-        train, train_features, _ = readable_features(first.encoder, dataset.split("train"), args.cache_dir)
+        train, train_features, _ = readable_features(encoder, dataset.split("train"), args.cache_dir)
         if args.neighbours > len(train):
             p.error(f"--neighbours {args.neighbours}: the data set has {len(train)} readable training photos")
         show(f"its {args.candidates} best beams reranked by the captions of the {args.neighbours} nearest training photos",
-             neighbour_captions(first, features, train, train_features, args.neighbours, args.candidates))
+             neighbour_captions(first, features, train, train_features.numpy(), args.neighbours, args.candidates))
     else:
-        show(f"ensemble of {len(captioners)} decoders", ensemble_captions(captioners, features))
+        show(f"ensemble of {len(captioners)} decoders", ensemble_captions(captioners, args.weights, features))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.images import decode_image  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from model.captioner import Captioner  # noqa: E402
 from model.data import DatasetFormatError, load_dataset  # noqa: E402
-from model.weights import WeightsError  # noqa: E402
+from runtime.captioner import Captioner  # noqa: E402
+from runtime.images import decode_image  # noqa: E402
+from runtime.weights import WeightsError  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 MAX_PIXELS = Settings().max_pixels  # the service's limit, read as the service reads it

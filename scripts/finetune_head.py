@@ -29,10 +29,11 @@ from model.data import DatasetFormatError, load_dataset
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
 from model.features import FeatureTable, extract_features, report_skipped
-from model.options import Decoding
 from model.train import caption_tensors, lr_lambda, train_step, validate
-from model.vocab import Vocab
-from model.weights import WeightsError, load_weights
+from model.weights import load_weights
+from runtime.options import Decoding
+from runtime.vocab import Vocab
+from runtime.weights import WeightsError
 
 
 class HeadAndDecoder(nn.Module):
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     if init is not None:
         decoder, vocab, manifest = init
-        decoding = Decoding(**manifest.get("decoding", {}))
+        # No consensus reranking: the reranker reads the v it was fitted on, which the head moves
+        decoding = Decoding(**manifest.get("decoding", {})).but(consensus_weight=0.0)
     else:
         vocab = Vocab.build(c for item in train_items for c in item.captions)
         decoder = Decoder(DecoderConfig(len(vocab), encoder.feature_dim, pad_id=vocab.pad_id))

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from model.captioner import Captioner
 from model.data import load_dataset
-from model.encoder import build_encoder
 from model.evaluate import evaluate_split
 from model.tag_map import DEFAULT_WORDNET, names, read_nouns, read_senses
-from model.vocab import Vocab
-from model.weights import load_reranker, load_tag_map, load_weights
+from model.weights import load_weights
+from runtime.captioner import Captioner, build_search
+from runtime.tags import Tagger
+from runtime.vocab import Vocab
+from runtime.weights import load_tag_map
 
 
 def transfer_source(offset: str, synsets, vocab: Vocab) -> str | None:
@@ -50,8 +51,9 @@ def tagged_lemmas(wordnet: Path) -> set[str]:
     return {fields[0] for fields in lines if int(fields[int(fields[3]) + 5]) > 0}
 
 
-def extended(weights: Path, classes: Path, wordnet: Path, penalty: float, common_only: bool
+def extended(plain: Captioner, weights: Path, classes: Path, wordnet: Path, penalty: float, common_only: bool
              ) -> tuple[Captioner, list[tuple[str, str]]]:
+    """plain (the weights at `weights`, loaded) with the added words: its CNN, reranker and tag calibration."""
     decoder, vocab, manifest = load_weights(weights)
     tag_map = load_tag_map(weights, manifest)
     synsets = read_nouns(wordnet)
@@ -76,11 +78,9 @@ def extended(weights: Path, classes: Path, wordnet: Path, penalty: float, common
         decoder.embed.weight = torch.nn.Parameter(torch.cat([decoder.embed.weight, decoder.embed.weight[rows_from]]))
         decoder.out.weight = torch.nn.Parameter(torch.cat([decoder.out.weight, decoder.out.weight[rows_from]]))
         decoder.out.bias = torch.nn.Parameter(torch.cat([decoder.out.bias, decoder.out.bias[rows_from] - penalty]))
-    decoder.embed.num_embeddings = decoder.out.out_features = len(new_vocab)
-    decoder.config = type(decoder.config)(**{**decoder.config.to_dict(), "vocab_size": len(new_vocab)})
-    decoder.for_inference(torch.int8)
-    encoder = build_encoder(manifest["encoder"]["name"], "cpu", manifest["encoder"]["pooling"])
-    captioner = Captioner(encoder, decoder, new_vocab, manifest, load_reranker(weights, manifest), tag_map)
+    tagger = Tagger((plain.tagger.weight, plain.tagger.bias), tag_map, plain.tagger.calibration, new_vocab.index)
+    captioner = Captioner(plain.cnn, plain.preprocessing, build_search(decoder.frozen(), plain.device, plain.precision),
+                          new_vocab, manifest, plain.reranker, tagger, device=plain.device)
     return captioner, sorted(added.items())
 
 
@@ -92,16 +92,17 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", required=True, help="data sets whose validation split is scored")
     parser.add_argument("--penalty", type=float, default=10.0, help="nats taken off a new word's output bias")
     parser.add_argument("--common-only", action="store_true", help="add only names WordNet's sense-tagged texts use")
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
     args = parser.parse_args()
     plain = Captioner.load(args.weights)
-    novel, added = extended(args.weights, args.classes, args.wordnet, args.penalty, args.common_only)
+    if plain.tagger is None:
+        parser.error(f"{args.weights}: {plain.no_tags_reason}")
+    novel, added = extended(plain, args.weights, args.classes, args.wordnet, args.penalty, args.common_only)
     print(f"{len(added)} words added: " + ", ".join(f"{word} (from {source})" for word, source in added))
     for data in args.data:
         dataset = load_dataset(data)
         items = dataset.split("val")
         for name, captioner in (("vocabulary as shipped", plain), ("with the added words", novel)):
-            scores, _ = evaluate_split(captioner, items, captioner.decoding, args.cache_dir, meteor=False)
+            scores, _ = evaluate_split(captioner, items, captioner.decoding, meteor=False)
             print(f"{dataset.name:<10} {name:<24} CIDEr {scores['CIDEr']:.4f}  BLEU-4 {scores['BLEU-4']:.4f}  "
                   f"tag precision {scores['tag_precision']:.3f}  recall {scores['tag_recall']:.3f}", flush=True)
 

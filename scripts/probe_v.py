@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
 from model.encoder import build_encoder
 from model.features import extract_features, report_skipped
-from model.options import POOLINGS
 from model.synthetic import COLOURS, SHAPES, load_scenes
-from model.vocab import tokenize
+from runtime.options import POOLINGS
+from runtime.vocab import tokenize
 
 MIN_IMAGE_SHARE, MAX_IMAGE_SHARE = 0.01, 0.5
 

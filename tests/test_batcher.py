@@ -1,15 +1,14 @@
-"""The inference thread: its guard (model code that raises StopIteration must fail, not hang), its stop and its torch threads."""
+"""The inference thread: its guard (model code that raises StopIteration must fail, not hang) and its stop."""
 import asyncio
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from app.batcher import Batcher, Params, serving_threads
+from app.batcher import Batcher, Params
 from app.metrics import Metrics
-from model.captioner import Captioner
-from model.options import Decoding
+from runtime.captioner import Captioner
+from runtime.options import Decoding
 
 WEIGHTS = Path(__file__).parent.parent / "weights"
 
@@ -39,7 +38,7 @@ def test_stop_returns_once_the_inference_thread_has_ended():
 
     async def serve_one_then_stop():
         captioner = await batcher.start(lambda: Captioner.load(WEIGHTS, "cpu"))
-        pixels = captioner.encoder.preprocess([Image.new("RGB", (64, 48), "red")])[0]
+        pixels = captioner.preprocess(Image.new("RGB", (64, 48), "red"))
         result = await batcher.submit(pixels, Params(Decoding(beam_size=2, max_length=6)), timeout_s=30)
         assert batcher.thread.is_alive()
         await batcher.stop()
@@ -47,16 +46,3 @@ def test_stop_returns_once_the_inference_thread_has_ended():
 
     assert asyncio.run(serve_one_then_stop()).captions
     assert not batcher.thread.is_alive()
-
-
-@pytest.mark.parametrize(("runtime", "threads_after"), [("onnxruntime", 1), ("eager", None)])
-def test_torch_keeps_one_thread_only_when_onnx_runtime_runs_the_cnn(runtime, threads_after):
-    """ONNX Runtime has threads of its own for the CNN; the eager CNN needs torch's."""
-    captioner = Captioner.load(WEIGHTS, "cpu", runtime=runtime)
-    assert captioner.encoder.runtime == runtime
-    before = torch.get_num_threads()
-    try:
-        serving_threads(captioner)
-        assert torch.get_num_threads() == (threads_after or before)
-    finally:
-        torch.set_num_threads(before)

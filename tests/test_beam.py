@@ -3,8 +3,9 @@ import itertools
 import pytest
 import torch
 
-from model.beam import beam_search
 from model.decoder import Decoder, DecoderConfig
+from runtime.beam import beam_search
+from runtime.decoder import ArrayStep
 
 PAD, START, END, UNK = 0, 1, 2, 3
 WORDS = (4, 5, 6)
@@ -16,6 +17,11 @@ def tiny_decoder(seed):
     with torch.no_grad():  # sharpen the distributions so that greedy and exhaustive differ
         decoder.out.weight.mul_(4)
     return decoder
+
+
+def search(decoder, features, **kwargs):
+    """runtime.beam's loop around the runtime's numpy step of the decoder; the references below step the torch decoder."""
+    return beam_search(ArrayStep(decoder.frozen()), features.numpy(), **kwargs)
 
 
 def sequence_log_prob(decoder, feature, words, ended):
@@ -47,7 +53,7 @@ def test_wide_beam_equals_exhaustive_search(seed):
     decoder = tiny_decoder(seed)
     features = torch.randn(2, 3)
     max_length = 3
-    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+    results = search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
                           beam_size=60, max_length=max_length, num_captions=5)
     for b in range(2):
         expected = exhaustive(decoder, features[b], max_length)[:5]
@@ -59,7 +65,7 @@ def test_wide_beam_equals_exhaustive_search(seed):
 def test_beam_size_one_is_greedy():
     decoder = tiny_decoder(3)
     features = torch.randn(4, 3)
-    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+    results = search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
                           beam_size=1, max_length=6)
     for b in range(4):
         state, previous, words = decoder.start(features[b : b + 1]), START, []
@@ -79,16 +85,16 @@ def test_batched_equals_one_image_at_a_time():
     decoder = tiny_decoder(4)
     features = torch.randn(5, 3)
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=4, max_length=7, num_captions=3)
-    together = beam_search(decoder, features, **kwargs)
+    together = search(decoder, features, **kwargs)
     for b in range(5):
-        alone = beam_search(decoder, features[b : b + 1], **kwargs)[0]
+        alone = search(decoder, features[b : b + 1], **kwargs)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in together[b]]
         assert [h.log_prob for h in alone] == pytest.approx([h.log_prob for h in together[b]], abs=1e-5)
 
 
 def test_results_are_distinct_sorted_and_within_limits():
     decoder = tiny_decoder(5)
-    results = beam_search(decoder, torch.randn(3, 3), start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+    results = search(decoder, torch.randn(3, 3), start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
                           beam_size=5, max_length=4, num_captions=5)
     for hypotheses in results:
         assert len(hypotheses) == 5
@@ -101,15 +107,15 @@ def test_length_penalty_favours_longer_captions():
     decoder = tiny_decoder(6)
     features = torch.randn(6, 3)
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=5, max_length=8)
-    plain = beam_search(decoder, features, **kwargs)
-    normalised = beam_search(decoder, features, length_penalty=1.0, **kwargs)
+    plain = search(decoder, features, **kwargs)
+    normalised = search(decoder, features, length_penalty=1.0, **kwargs)
     assert sum(len(r[0].tokens) for r in normalised) >= sum(len(r[0].tokens) for r in plain)
     assert all(r[0].score > r[0].log_prob for r in normalised)  # divided by a length above 1
 
 
 def test_num_captions_above_beam_size_is_refused():
     with pytest.raises(ValueError, match="num_captions"):
-        beam_search(tiny_decoder(0), torch.randn(1, 3), start_id=START, end_id=END, beam_size=2, num_captions=3)
+        search(tiny_decoder(0), torch.randn(1, 3), start_id=START, end_id=END, beam_size=2, num_captions=3)
 
 
 def ngram_repeats(tokens: list[int], n: int) -> bool:
@@ -122,8 +128,8 @@ def test_block_ngram_forbids_repeats_and_only_them(n):
     decoder = tiny_decoder(7)
     features = torch.randn(8, 3)
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=8, num_captions=3)
-    plain = beam_search(decoder, features, **kwargs)
-    blocked = beam_search(decoder, features, block_ngram=n, **kwargs)
+    plain = search(decoder, features, **kwargs)
+    blocked = search(decoder, features, block_ngram=n, **kwargs)
     assert any(ngram_repeats(h.tokens, n) for r in plain for h in r)  # three words repeat soon: a real test
     assert not any(ngram_repeats(h.tokens, n) for r in blocked for h in r)
     for r_plain, r_blocked in zip(plain, blocked):  # a best caption with no repeat is found either way
@@ -134,7 +140,7 @@ def test_block_ngram_forbids_repeats_and_only_them(n):
 def test_block_ngram_equals_exhaustive_search_over_sentences_without_repeats():
     decoder = tiny_decoder(8)
     features = torch.randn(2, 3)
-    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+    results = search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
                           beam_size=60, max_length=4, num_captions=3, block_ngram=2)
     for b in range(2):
         expected = [(lp, w) for lp, w in exhaustive(decoder, features[b], 4) if not ngram_repeats(w, 2)][:3]
@@ -149,7 +155,7 @@ def test_constrained_wide_beam_returns_the_most_likely_caption_with_the_word(see
     features = torch.randn(3, 3)
     max_length = 3
     constraints = [[[5]], [[4, 6]], [[5], [6]]]
-    results = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
+    results = search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, UNK),
                           beam_size=60, max_length=max_length, num_captions=3, constraints=constraints)
     for b, per_image in enumerate(constraints):
         allowed = [(lp, words) for lp, words in exhaustive(decoder, features[b], max_length)
@@ -162,8 +168,8 @@ def test_constraints_change_only_the_images_that_have_them():
     decoder = tiny_decoder(6)
     features = torch.randn(3, 3)
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=5, num_captions=2)
-    plain = beam_search(decoder, features, **kwargs)
-    guided = beam_search(decoder, features, constraints=[[], [[6]], []], **kwargs)
+    plain = search(decoder, features, **kwargs)
+    guided = search(decoder, features, constraints=[[], [[6]], []], **kwargs)
     assert [h.tokens for h in guided[0]] == [h.tokens for h in plain[0]]
     assert [h.tokens for h in guided[2]] == [h.tokens for h in plain[2]]
     assert all(6 in h.tokens for h in guided[1])
@@ -173,5 +179,5 @@ def test_a_constraint_that_cannot_fit_gives_the_plain_caption():
     decoder = tiny_decoder(7)
     features = torch.randn(1, 3)
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=1)
-    two_words = beam_search(decoder, features, constraints=[[[4], [5]]], **kwargs)[0][0].tokens
+    two_words = search(decoder, features, constraints=[[[4], [5]]], **kwargs)[0][0].tokens
     assert len(two_words) == 1 and two_words[0] in (4, 5)  # one of the two, as much as one word can hold

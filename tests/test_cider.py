@@ -1,8 +1,8 @@
-"""model.cider.CiderD, the self-critical reward, against pycocoevalcap's CIDEr (which is CIDEr-D)."""
+"""runtime.cider.CiderD, the self-critical reward, against pycocoevalcap's CIDEr (which is CIDEr-D)."""
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from model.cider import CiderD
+from runtime.cider import CiderD
 
 REFERENCES = {
     "a": ["a dog runs on the grass", "a brown dog is running through a field", "the dog runs", "a dog in a field",

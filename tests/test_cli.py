@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("module, default", [("model.train", "(default: 20)"), ("model.evaluate", "(default: val)"),
-                                             ("model.synthetic", "(default: 0.15)"), ("model.fit_reranker", "(default: weights)")])
+                                             ("model.synthetic", "(default: 0.15)"), ("model.fit_reranker", "(default: weights)"),
+                                             ("model.export", "(default: weights)")])
 def test_help_names_the_command_shows_defaults_and_loads_no_torch(module, default):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
@@ -18,7 +19,7 @@ def test_help_names_the_command_shows_defaults_and_loads_no_torch(module, defaul
     assert result.stdout.startswith(f"usage: python -m {module} ")
     assert default in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "model.cli" in imported  # the importtime listing is read right
+    assert "runtime.cli" in imported  # the importtime listing is read right
     assert "torch" not in imported and "torchvision" not in imported
 
 

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from model.confidence import Calibration, fit, predictors, reliability
+from model.confidence import fit
+from runtime.confidence import Calibration, predictors, reliability
 
 
 def captions_whose_acceptability_follows(mean_log_prob_to_p, n=4000, seed=0):

@@ -1,15 +1,19 @@
-"""The consensus reranker (model.consensus) on photos of three kinds, each with captions of its own."""
+"""The consensus reranker (fitted by model.consensus, run by runtime.consensus) on photos of three
+kinds, each with captions of its own."""
 import json
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import load_file, save_file
 
-from model.captioner import describe
-from model.consensus import MIN_PHOTOS, ConsensusReranker
+from model.consensus import MIN_PHOTOS, fit, save
 from model.decoder import Decoder, DecoderConfig
-from model.options import Decoding
-from model.vocab import Vocab, tokenize
+from runtime.captioner import describe
+from runtime.consensus import ConsensusReranker
+from runtime.decoder import ArrayStep
+from runtime.options import Decoding
+from runtime.vocab import Vocab, tokenize
 
 KINDS = {
     "dog": ["a brown dog runs on the grass", "a dog is running on green grass", "the dog runs across a field"],
@@ -19,17 +23,16 @@ KINDS = {
 PHOTOS_PER_KIND = 5 * MIN_PHOTOS
 
 
-def kind_features(kind: int, photos: int, seed: int) -> torch.Tensor:
+def kind_features(kind: int, photos: int, seed: int) -> np.ndarray:
     """[photos, 16]: a direction per kind, plus noise."""
-    generator = torch.Generator().manual_seed(seed)
-    return 4.0 * torch.eye(16)[kind] + 0.5 * torch.randn(photos, 16, generator=generator)
+    return 4.0 * np.eye(16, dtype=np.float32)[kind] + 0.5 * np.random.default_rng(seed).standard_normal((photos, 16), np.float32)
 
 
 @pytest.fixture(scope="module")
 def reranker() -> ConsensusReranker:
-    features = torch.cat([kind_features(k, PHOTOS_PER_KIND, seed=k) for k in range(len(KINDS))])
+    features = np.concatenate([kind_features(k, PHOTOS_PER_KIND, seed=k) for k in range(len(KINDS))])
     references = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(PHOTOS_PER_KIND)]
-    return ConsensusReranker.fit(features, references)
+    return fit(features, references)
 
 
 def test_only_phrases_of_many_photos_enter_its_vocabulary(reranker):
@@ -60,10 +63,10 @@ def test_words_it_never_saw_agree_with_nothing(reranker):
 
 
 def test_saved_and_loaded_it_chooses_the_same(reranker, tmp_path):
-    reranker.save(tmp_path / "reranker.safetensors")
+    save(reranker, tmp_path / "reranker.safetensors")
     loaded = ConsensusReranker.load(tmp_path / "reranker.safetensors")
     assert loaded.grams == reranker.grams and loaded.mean_length == reranker.mean_length
-    features = torch.cat([kind_features(k, 3, seed=50 + k) for k in range(len(KINDS))])
+    features = np.concatenate([kind_features(k, 3, seed=50 + k) for k in range(len(KINDS))])
     candidates = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(3)]
     for before, after in zip(reranker.agreement(features, candidates), loaded.agreement(features, candidates)):
         assert after == pytest.approx(before, abs=1e-3)  # the read-out is kept in fp16
@@ -72,12 +75,12 @@ def test_saved_and_loaded_it_chooses_the_same(reranker, tmp_path):
 def test_the_same_reranker_saves_to_the_same_bytes(reranker, tmp_path):
     """The manifest lists the file's sha256: fitting the same reranker again must not change it."""
     for n in range(5):
-        reranker.save(tmp_path / f"{n}.safetensors")
+        save(reranker, tmp_path / f"{n}.safetensors")
     assert len({(tmp_path / f"{n}.safetensors").read_bytes() for n in range(5)}) == 1
 
 
 def test_a_file_of_the_older_layout_asks_to_be_fitted_again(reranker, tmp_path):
-    reranker.save(tmp_path / "reranker.safetensors")
+    save(reranker, tmp_path / "reranker.safetensors")
     older = {"grams": json.dumps([" ".join(gram) for gram in reranker.grams]), "rare_idf": repr(reranker.rare_idf),
              "mean_length": repr(reranker.mean_length)}
     save_file(load_file(tmp_path / "reranker.safetensors"), tmp_path / "reranker.safetensors", older)
@@ -88,11 +91,11 @@ def test_a_file_of_the_older_layout_asks_to_be_fitted_again(reranker, tmp_path):
 def test_describe_reranks_every_finished_beam_only_when_asked(reranker):
     torch.manual_seed(0)
     vocab = Vocab.build([c for captions in KINDS.values() for c in captions], min_count=1)
-    decoder = Decoder(DecoderConfig(len(vocab), 16, 8, 16, 0.0)).eval()
+    search = ArrayStep(Decoder(DecoderConfig(len(vocab), 16, 8, 16, 0.0)).frozen())
     features = kind_features(0, 2, seed=9)
-    plain = describe(decoder, vocab, features, Decoding(beam_size=4, max_length=6), num_captions=4)
+    plain = describe(search, vocab, features, Decoding(beam_size=4, max_length=6), num_captions=4)
     expected = [beams[:2] for beams in reranker.rerank(features, plain, 1e6)]
     assert expected != [beams[:2] for beams in plain]  # else this test could not tell reranking from none
-    assert describe(decoder, vocab, features, Decoding(beam_size=4, max_length=6, consensus_weight=1e6), 2, reranker) == expected
+    assert describe(search, vocab, features, Decoding(beam_size=4, max_length=6, consensus_weight=1e6), 2, reranker) == expected
     with pytest.raises(ValueError, match="no reranker"):
-        describe(decoder, vocab, features, Decoding(consensus_weight=1.0))
+        describe(search, vocab, features, Decoding(consensus_weight=1.0))

@@ -1,12 +1,14 @@
-import copy
-
+import numpy as np
 import pytest
-
 import torch
-
 import torch.nn.functional as F
 
-from model.decoder import Decoder, DecoderConfig, OpenVINOInt8Linear, PackedLinear
+from model.decoder import Decoder, DecoderConfig
+from model.weights import save_weights
+from runtime.beam import beam_search
+from runtime.decoder import ArrayStep, FrozenDecoder, quantize
+from runtime.gpu import torch_step
+from runtime.vocab import Vocab
 
 PAD, START, END = 0, 1, 2
 
@@ -106,124 +108,64 @@ def stepwise_log_probs(decoder, features, tokens):
     return torch.stack(out, dim=1), state  # [B, T, V]
 
 
-def test_for_inference_folds_w_x_into_the_word_table_and_stacks_w_h_on_the_output_layer_without_changing_the_model():
+def test_the_frozen_decoder_steps_as_the_torch_decoder():
+    """The runtime's step (runtime.decoder: W_x folded into the word table, W_h stacked on the output
+    layer, numpy) computes the trained model."""
     decoder = tiny_decoder()
     features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
-    expected, _ = stepwise_log_probs(decoder, features, tokens)
-    folded = copy.deepcopy(decoder).for_inference(torch.float32)
-    assert isinstance(folded.w_word, torch.nn.Identity) and folded.embed.weight.shape == (9, 4 * 5)
-    assert folded.w_hidden_and_out.weight.shape == (4 * 5 + 9, 5) and not hasattr(folded, "out")
-    assert not any(p.requires_grad for p in folded.parameters())
-    assert torch.allclose(stepwise_log_probs(folded, features, tokens)[0], expected, atol=1e-6)
-
-
-def test_bf16_inference_keeps_the_cell_and_the_log_probs_in_fp32():
-    decoder = tiny_decoder()
-    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
-    expected, _ = stepwise_log_probs(decoder, features, tokens)
-    bf16 = copy.deepcopy(decoder).for_inference(torch.bfloat16)
-    assert bf16.w_hidden_and_out.weight.dtype == torch.bfloat16
-    log_probs, (recurrent, c, _) = stepwise_log_probs(bf16, features, tokens)
-    assert log_probs.dtype == c.dtype == torch.float32 and recurrent.dtype == torch.bfloat16  # W_h h, as the matmul gave it
-    assert torch.allclose(log_probs, expected, atol=0.05)
-    assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in bf16
-
-
-def test_int8_inference_quantizes_the_matmuls_and_keeps_the_rest_in_fp32():
-    decoder = tiny_decoder()
-    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
-    expected, _ = stepwise_log_probs(decoder, features, tokens)
-    int8 = copy.deepcopy(decoder).for_inference(torch.int8)
-    assert int8.precision == "int8" and decoder.precision == "fp32"
-    assert all(isinstance(layer, OpenVINOInt8Linear) for layer in (int8.w_hidden_and_out, int8.w_image))
-    assert int8.embed.weight.dtype == torch.float32  # a row lookup: nothing to gain from int8
-    log_probs, (recurrent, c, _) = stepwise_log_probs(int8, features, tokens)
-    assert log_probs.dtype == recurrent.dtype == c.dtype == torch.float32
-    assert torch.allclose(log_probs, expected, atol=0.05)
-    assert not torch.allclose(log_probs, expected, atol=1e-6)  # it did run in int8
-
-
-def test_int8_linear_is_close_to_fp32_and_a_row_never_depends_on_the_rows_beside_it():
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 96)
-    int8 = OpenVINOInt8Linear(linear)
-    assert int8.weight.dtype == torch.int8 and int8.weight.shape == linear.weight.shape
-    rows = torch.randn(7, 64) * torch.logspace(-2, 1, 7)[:, None]  # rows of very different sizes
+    frozen = decoder.frozen()
+    assert frozen.word_gates.shape == (9, 4 * 5) and frozen.stacked.shape == (4 * 5 + 9, 5)
+    assert (frozen.vocab_size, frozen.hidden_dim, frozen.end_of_recurrent) == (9, 5, 4 * 5)
+    step = ArrayStep(frozen)
+    assert step.precision == "fp32"
     with torch.no_grad():
-        expected = linear(rows)
-    batched = int8(rows)
-    assert ((batched - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.02
-    assert not torch.allclose(batched, expected, atol=1e-6)  # the weights were rounded to int8
-    # The kernel OpenVINO picks depends on the number of rows; a row's numbers must not.
-    assert all(torch.equal(int8(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
-    first = batched.clone()
-    int8(torch.randn(3, 64))
-    assert torch.equal(batched, first)  # the output is the caller's, not the request's buffer
+        expected, (_, torch_c, _) = stepwise_log_probs(decoder, features, tokens)
+    state = step.start(step.image_gates(features.numpy()), 1)
+    for t in range(tokens.size(1)):
+        log_probs, state = step.step(tokens[:, t].numpy(), state)
+        assert log_probs.dtype == np.float32
+        np.testing.assert_allclose(log_probs, expected[:, t].numpy(), atol=1e-5)
+    np.testing.assert_allclose(state[1], torch_c.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("fault", ["openvino missing", "wrong numbers", "fails at its first call", "no beam graph"])
-def test_int8_that_openvino_cannot_build_or_run_right_raises_before_changing_the_decoder(monkeypatch, fault):
-    import model.beam_graph
-    import model.decoder
-    import model.encoder
-
-    build = model.decoder._int8_matmul_request
-    build_graph = model.beam_graph._search_model
-
-    def not_installed():
-        raise ModuleNotFoundError("No module named 'openvino'")
-
-    def faulty(weight, scale, bias):  # a real OpenVINO request, with the fault in its graph
-        if fault == "wrong numbers":
-            return build(weight, scale * 2, bias)
-        return build(torch.cat([weight, weight[:, :1]], 1), scale, bias)  # compiles; a call with the layer's width raises
-
-    def graph_of_another_width(word_gates, stacked, hidden_dim):  # the real builder, given a word table one column too wide
-        return build_graph(torch.cat([word_gates, word_gates[:, :1]], 1), stacked, hidden_dim)
-
-    if fault == "openvino missing":
-        monkeypatch.setattr(model.encoder, "openvino_core", not_installed)
-    elif fault == "no beam graph":
-        monkeypatch.setattr(model.beam_graph, "_search_model", graph_of_another_width)
-    else:
-        monkeypatch.setattr(model.decoder, "_int8_matmul_request", faulty)
+def test_the_runtime_reads_the_decoder_that_save_weights_wrote(tmp_path):
     decoder = tiny_decoder()
-    with pytest.raises(ModuleNotFoundError if fault == "openvino missing" else RuntimeError) as raised:
-        decoder.for_inference(torch.int8)
-    if fault == "wrong numbers":
-        assert "from fp32 on 1 probe rows" in str(raised.value)
-    assert decoder.precision == "fp32" and decoder.w_hidden_and_out is None and decoder.beam_graph is None
-    assert isinstance(decoder.w_word, torch.nn.Linear)
-    assert decoder.for_inference(torch.float32).precision == "fp32"  # and it can still be frozen
+    vocab = Vocab.build(["a b c d e"], min_count=1)
+    assert len(vocab) == decoder.config.vocab_size
+    save_weights(tmp_path, decoder, vocab, {})
+    loaded, frozen = FrozenDecoder.load(tmp_path), decoder.frozen()
+    for name in ("word_gates", "image_weight", "image_bias", "stacked", "stacked_bias"):
+        assert np.array_equal(getattr(loaded, name), getattr(frozen, name)), name
+    assert loaded.end_of_recurrent == frozen.end_of_recurrent
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
-def test_bf16_inference_on_the_cpu_packs_the_matmuls_for_onednn():
-    bf16 = tiny_decoder().for_inference(torch.bfloat16)
-    assert all(isinstance(layer, PackedLinear) for layer in (bf16.w_hidden_and_out, bf16.w_image))
-    assert bf16.precision == "bf16"
+def test_quantize_round_trips_within_one_scale_step():
+    generator = np.random.default_rng(0)
+    rows = generator.standard_normal((7, 64)) * np.logspace(-3, 2, 7)[:, None]  # rows of very different sizes
+    weight = rows.astype(np.float32)
+    weight[3] = 0.0
+    quantized, scale = quantize(weight)
+    assert quantized.dtype == np.int8 and quantized.shape == weight.shape and scale.shape == (7, 1)
+    assert (np.abs(quantized * scale - weight) <= scale / 2 * (1 + 1e-5)).all()  # each weight rounded to its row's nearest step
+    assert np.abs(quantized).max(1).tolist() == [127, 127, 127, 0, 127, 127, 127]  # each row's largest weight at 127
+    assert not np.array_equal(quantized * scale, weight)  # the weights were rounded
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
-def test_packed_linear_gives_f_linears_bf16_numbers_and_a_row_never_depends_on_the_rows_beside_it():
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 96).to(torch.bfloat16)
-    packed = PackedLinear(linear)
-    rows = (torch.randn(7, 64) * torch.logspace(-2, 1, 7)[:, None]).to(torch.bfloat16)
+def test_bf16_steps_keep_the_cell_and_the_log_probs_in_fp32():
+    decoder = tiny_decoder()
+    features, tokens = torch.randn(2, 6), torch.tensor([[START, 4, 5, END], [START, 6, 7, 8]])
     with torch.no_grad():
-        expected = linear(rows)
-    batched = packed(rows)
-    assert batched.dtype == torch.bfloat16 and torch.equal(batched, expected)
-    assert all(torch.equal(packed(rows[i:i + 1])[0], batched[i]) for i in range(len(rows)))
-
-
-def test_int8_is_the_default_on_a_cpu_and_refused_on_a_gpu():
-    from model.captioner import resolve_precision
-
-    assert resolve_precision("auto", torch.device("cpu")) == torch.int8
-    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(ValueError, match="CPU only"):
-        resolve_precision("int8", torch.device("cuda"))
+        expected, _ = stepwise_log_probs(decoder, features, tokens)
+    step = torch_step(decoder.frozen(), "cpu", "bf16")
+    assert step.precision == "bf16" and step.stacked_t.dtype == torch.bfloat16
+    state, log_probs = step.start(step.image_gates(features.numpy()), 1), []
+    for t in range(tokens.size(1)):
+        scores, state = step.step(tokens[:, t].numpy(), state)
+        log_probs.append(scores)
+    log_probs = np.stack(log_probs, 1)  # [B, T, V]
+    assert log_probs.dtype == np.float32 and state[0].dtype == state[1].dtype == torch.float32
+    np.testing.assert_allclose(log_probs, expected.numpy(), atol=0.05)
+    assert not np.allclose(log_probs, expected.numpy(), atol=1e-6)  # it did run in bf16
 
 
 def sample(decoder, features, greedy, max_length=6):
@@ -232,13 +174,12 @@ def sample(decoder, features, greedy, max_length=6):
 
 
 def test_greedy_sample_is_beam_search_of_width_one():
-    from model.beam import beam_search
-
     decoder = tiny_decoder(seed=1)
     features = torch.randn(6, 6)
     with torch.no_grad():
         words, _ = sample(decoder, features, greedy=True)
-    beams = beam_search(decoder, features, start_id=START, end_id=END, banned_ids=(PAD, START, 3), beam_size=1, max_length=6)
+    beams = beam_search(ArrayStep(decoder.frozen()), features.numpy(), start_id=START, end_id=END, banned_ids=(PAD, START, 3),
+                        beam_size=1, max_length=6)
     for row, hypotheses in zip(words.tolist(), beams):
         sentence = row[: row.index(END)] if END in row else row
         assert sentence == hypotheses[0].tokens

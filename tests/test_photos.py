@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from model.captioner import Captioner
+from runtime.captioner import Captioner
 
 ROOT = Path(__file__).resolve().parent.parent
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
@@ -83,8 +83,7 @@ def test_training_finishes_without_a_test_split_and_scores_val(trained, photos):
 
 def test_evaluate_names_the_missing_test_split(trained, photos):
     out, _ = trained
-    result = run("-m", "model.evaluate", "--weights", str(out / "best"), "--data", str(photos), "--split", "test",
-                 "--cache-dir", str(photos.parent / "cache"))
+    result = run("-m", "model.evaluate", "--weights", str(out / "best"), "--data", str(photos), "--split", "test")
     assert result.returncode == 2
     assert "split 'test'" in result.stderr and "Flickr_8k.testImages.txt does not exist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -95,15 +94,14 @@ def test_evaluate_scores_val_and_sets_the_serving_decoding(trained, photos, tmp_
     weights = tmp_path / "weights"
     shutil.copytree(out / "best", weights)
     result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val",
-                 "--cache-dir", str(photos.parent / "cache"), "--beam-size", "2", "--block-ngram", "2", "--set-defaults")
+                 "--beam-size", "2", "--block-ngram", "2", "--set-defaults")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "beam_size 2" in result.stdout and "CIDEr" in result.stdout
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "block_ngram": 2, "max_length": 20,
                                     "consensus_weight": 0.0, "guided": False, "tag_threshold": 0.5, "forced_tags": 1}
     assert manifest["scores"]["val"]["block_ngram"] == 2
-    again = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val",
-                "--cache-dir", str(photos.parent / "cache"))  # no flags: the weights' decoding
+    again = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val")  # no flags: the weights' decoding
     assert "beam_size 2, length_penalty 0.0, block_ngram 2" in again.stdout
     assert f"{manifest['scores']['val']['CIDEr']:.4f}" in again.stdout
 
@@ -113,17 +111,17 @@ def test_a_reranker_fitted_on_the_training_photos_is_scored_and_served(trained, 
     weights = tmp_path / "weights"
     shutil.copytree(out / "best", weights)
     cache = str(photos.parent / "cache")
-    refused = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
-                  "--consensus-weight", "100")
+    refused = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--consensus-weight", "100")
     assert refused.returncode == 2 and "has no consensus reranker: fit one with python -m model.fit_reranker" in refused.stderr
     cached = sorted((photos.parent / "cache").iterdir())
     fitted = run("-m", "model.fit_reranker", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache)
     assert fitted.returncode == 0, fitted.stderr[-3000:]
     assert f"fitted on {TRAIN} photos" in fitted.stdout and "skipped 2 unreadable images" in fitted.stderr
-    result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--cache-dir", cache,
+    result = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos),
                  "--beam-size", "4", "--consensus-weight", "100", "--set-defaults")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted((photos.parent / "cache").iterdir()) == cached  # training cached each split's features: no CNN pass here
+    # fit_reranker read the features training cached (no CNN pass); evaluate runs the served CNN and caches nothing
+    assert sorted((photos.parent / "cache").iterdir()) == cached
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["decoding"]["consensus_weight"] == 100.0 and manifest["consensus"]["fitted_on"] == f"{TRAIN} Flickr8k training photos"
     captioner = Captioner.load(weights, "cpu")
@@ -182,8 +180,7 @@ def test_calibration_fits_on_half_the_val_photos_and_is_saved(trained, photos, t
     out, _ = trained
     weights = tmp_path / "weights"
     shutil.copytree(out / "best", weights)
-    result = run("-m", "model.calibrate", "--weights", str(weights), "--data", str(photos), "--save",
-                 "--cache-dir", str(photos.parent / "cache"))
+    result = run("-m", "model.calibrate", "--weights", str(weights), "--data", str(photos), "--save")
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((weights / "manifest.json").read_text())["confidence"]
     assert saved == json.loads(result.stdout)

@@ -31,7 +31,7 @@ import torch
 
 from model.encoder import build_encoder
 from model.features import extract_features
-from model.weights import MANIFEST_FILE, verify
+from runtime.weights import MANIFEST_FILE, verify
 from tests.conftest import ROOT, WEIGHTS, encoded, running_server, scene
 
 MiB = 2**20
@@ -625,7 +625,7 @@ MANIFEST_EDITS = {
     "a file's sha256": "vocab.json does not match its manifest",
     "the model id": "model_id 'captioner-000000000000' is not that of",
     "a file left out": "does not list the sha256 of",
-    "the encoder": "trained on features of encoder",
+    "the encoder": "was exported from encoder",
     "not JSON": "manifest.json is not valid JSON",
 }
 

@@ -3,21 +3,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from urllib.parse import urlparse
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
-from app.images import decode_image
+from app.local_server import free_port
 from app.settings import Settings
-from model.captioner import Captioner
+from model.encoder import build_encoder
+from runtime.captioner import Captioner
+from runtime.images import decode_image
+from runtime.weights import CNN_GRAPH_FILE, CNN_TENSORS_FILE
 from tests.conftest import ROOT, WEIGHTS, encoded, running_server, scene
 
 
@@ -252,7 +259,8 @@ def test_model_info(server):
     info = httpx.get(f"{server}/v1/model").json()
     assert info["encoder"]["name"] == "efficientnet-lite0"
     assert info["vocab_size"] > 4
-    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json", "reranker.safetensors", "tags.json"}
+    assert set(info["files_sha256"]) == {"decoder.safetensors", "vocab.json", "config.json", "reranker.safetensors", "tags.json",
+                                         "cnn.onnx", "cnn.safetensors"}
     # The shipped weights: trained on Flickr8k's train split, scored on its validation split.
     assert info["data"]["name"] == "Flickr8k" and info["data"]["splits"]["train"]["images"] == 6000
     assert info["scores"]["val"]["CIDEr"] > 0.4 and "test" not in info["scores"]
@@ -394,7 +402,7 @@ def test_weights_without_a_tag_map_serve_plain_captions_and_say_so(tmp_path):
 
 
 @pytest.mark.parametrize("damage, name", [("flip", "decoder.safetensors"), ("delete", "decoder.safetensors"),
-                                          ("flip", "tags.json")])
+                                          ("flip", "tags.json"), ("flip", "cnn.onnx")])
 def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, name):
     copy = tmp_path / "weights"
     shutil.copytree(WEIGHTS, copy)
@@ -413,19 +421,84 @@ def test_tampered_or_missing_weights_stop_the_start(tmp_path, damage, name):
     assert ("does not match its manifest" if damage == "flip" else "is missing") in message
 
 
-def test_the_fp32_runtimes_serve_the_same_caption_and_the_log_says_which_runs(served):
-    """CAPTIONER_ENCODER_RUNTIME=eager and =onnxruntime: PyTorch and ONNX Runtime for the CNN instead of
-    OpenVINO, with the same fp32 features and so the same captions."""
+def test_onnx_runtime_serves_the_eager_cnns_caption_and_the_log_says_which_runs(served):
+    """CAPTIONER_ENCODER_RUNTIME=onnxruntime: ONNX Runtime for the exported CNN instead of OpenVINO, with
+    the features of the eager PyTorch network it was exported from (on the same pixels), and so its captions."""
     photo = encoded(Image.open(WEIGHTS.parent / "docs" / "examples" / "cameraman.jpg"), "JPEG")
-    with running_server(encoder_runtime="eager") as eager, running_server(encoder_runtime="onnxruntime") as onnx:
-        eager_captions, onnx_captions = post(eager.url, photo).json()["captions"], post(onnx.url, photo).json()["captions"]
-        assert [c["text"] for c in eager_captions] == [c["text"] for c in onnx_captions]
-        # The two runtimes' features are about 4e-6 apart: the log-probabilities and the confidence (which reads the
-        # reranker's agreement, which reads v itself) about 1e-6.
-        assert [c["log_prob"] for c in eager_captions] == pytest.approx([c["log_prob"] for c in onnx_captions], abs=1e-4)
-        assert [c["confidence"] for c in eager_captions] == pytest.approx([c["confidence"] for c in onnx_captions], abs=1e-4)
-        assert "CNN through eager" in eager.output() and "CNN through onnxruntime" in onnx.output()
+    captioner = Captioner.load(WEIGHTS, "cpu")
+    pixels = captioner.preprocess(decode_image(photo, Settings().max_pixels))[None]  # [1, 3, 224, 224], as the service makes them
+    features = build_encoder(runtime="eager").encode_pixels(torch.from_numpy(pixels)).numpy()
+    eager = captioner.describe(features)
+    [eager_confidences] = captioner.confidences(features, eager)
+    with running_server(encoder_runtime="onnxruntime") as onnx:
+        onnx_captions = post(onnx.url, photo).json()["captions"]
+        assert "CNN through onnxruntime" in onnx.output()
+    assert [c["text"] for c in onnx_captions] == [text for text, _ in eager[0]]
+    # The two runtimes' features are about 4e-6 apart: the log-probabilities and the confidence (which reads the
+    # reranker's agreement, which reads v itself) about 1e-6.
+    assert [c["log_prob"] for c in onnx_captions] == pytest.approx([log_prob for _, log_prob in eager[0]], abs=1e-4)
+    assert [c["confidence"] for c in onnx_captions] == pytest.approx(eager_confidences, abs=1e-4)
     assert "CNN through openvino-" in served.output()
+
+
+# Run in the server's own process: python -m app, with a thread that captions one photo over HTTP, reports
+# what the process imported, then stops the server as a SIGTERM does.
+SERVE_AND_REPORT = """
+import json, os, runpy, signal, sys, threading
+import httpx
+from app.local_server import wait_for_readyz
+
+port, photo = sys.argv[1], sys.argv[2]
+
+def client():
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_readyz(url, lambda: None)
+        with open(photo, "rb") as file:
+            response = httpx.post(f"{url}/v1/captions", files={"image": ("photo.png", file.read(), "image/png")}, timeout=60)
+        print(json.dumps({"status": response.status_code, "body": response.json(), "torch": "torch" in sys.modules,
+                          "runtime": "runtime.captioner" in sys.modules}), flush=True)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=client, daemon=True).start()
+sys.argv = ["app", "--host", "127.0.0.1", "--port", port]
+runpy.run_module("app", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_service_captions_without_importing_torch(tmp_path):
+    """The CPU service runs on the exported CNN and the decoder's tensors alone: torch, installed here for
+    training, is never imported by the server's process, before or after it captions a photo."""
+    scene(colour="blue").save(tmp_path / "photo.png")
+    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(WEIGHTS), "CAPTIONER_DRAIN_DELAY_S": "0"}
+    result = subprocess.run([sys.executable, "-c", SERVE_AND_REPORT, str(free_port()), str(tmp_path / "photo.png")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [report] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert report["status"] == 200 and report["body"]["captions"][0]["text"], report
+    assert report["runtime"] and report["torch"] is False
+    assert "ready: captioner-" in result.stderr
+
+
+def test_weights_saved_before_the_export_stop_the_start_naming_the_command(tmp_path):
+    """A folder from before the runtime served without torch (no cnn.onnx, no "export" section): one log
+    line that says how to convert it, and a non-zero exit within seconds, not a traceback."""
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, copy, ignore=shutil.ignore_patterns(CNN_GRAPH_FILE, CNN_TENSORS_FILE))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["export"], manifest["files"][CNN_GRAPH_FILE], manifest["files"][CNN_TENSORS_FILE]
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    started = time.time()
+    with running_server(wait_ready=False, weights_dir=copy) as server:
+        assert server.process.wait(timeout=60) != 0
+        seconds = time.time() - started
+        output = server.output()
+    assert seconds < 30, output
+    [line] = [line for line in output.splitlines() if "model.export" in line]
+    assert line.startswith("refusing to start: ") and f"{copy} holds weights saved before the runtime served without torch" in line
+    assert line.endswith(f"python -m model.export --weights {copy}")
+    assert len([line for line in output.splitlines() if str(copy) in line]) == 1 and "Traceback" not in output
 
 
 def test_metrics_file_an_upload_refused_for_its_size_under_its_route(server):

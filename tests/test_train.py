@@ -12,11 +12,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from model.captioner import Captioner
 from model.data import ImageCaptions, load_dataset
 from model.synthetic import load_scenes
 from model.train import consensus_weights
-from model.weights import verify
+from runtime.captioner import Captioner
+from runtime.weights import EXPORT_FILES, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -58,6 +58,7 @@ def test_export_replaces_the_weights_folder_with_readable_files(trained):
     exported = out.parent / "exported"
     assert sorted(p.name for p in exported.iterdir()) == sorted(p.name for p in (out / "best").iterdir())
     assert verify(exported)["model_id"] == verify(out / "best")["model_id"] != verify(ROOT / "weights")["model_id"]
+    assert set(EXPORT_FILES) <= set(verify(exported)["files"])  # the CNN exported with them: the service loads them as they are
     umask = os.umask(0)
     os.umask(umask)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in exported.iterdir()} == {

@@ -1,6 +1,6 @@
 import pytest
 
-from model.vocab import SPECIALS, Vocab, tokenize
+from runtime.vocab import SPECIALS, Vocab, tokenize
 
 
 def test_tokenize_lowercases_and_strips_punctuation():

@@ -6,6 +6,7 @@ user (the container's).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -40,3 +41,11 @@ def replace_folder(source: Path, target: Path) -> None:
         os.replace(target, retired)
     os.replace(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,5 +1,4 @@
-"""The choices that the command lines, the weights' manifests and the service share, in a module
-that loads no torch: `python -m model.train --help` answers before torch is imported."""
+"""The choices that the command lines, the weights' manifests and the service share."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -7,8 +6,10 @@ from dataclasses import asdict, dataclass, replace
 DEFAULT_ENCODER = "efficientnet-lite0"
 POOLINGS = ("head-mean", "grids", "head-mean+grids")  # how the CNN becomes v (model.encoder)
 DEFAULT_POOLING = "head-mean"
-RUNTIMES = ("auto", "onnxruntime", "openvino", "eager")  # what runs the CNN (model.encoder.use_runtime); auto: OpenVINO on the CPU, else ONNX Runtime
-PRECISIONS = ("auto", "int8", "bf16", "fp32")  # the decoder's matmuls (model.captioner.resolve_precision); auto: int8 on a CPU, else bf16 where native, else fp32
+RUNTIMES = ("auto", "onnxruntime", "openvino", "eager")  # what runs the CNN for training's features (model.encoder.use_runtime)
+SERVING_RUNTIMES = ("auto", "openvino", "onnxruntime")  # what runs the exported CNN (runtime.cnn); auto: OpenVINO, else ONNX Runtime
+DEVICES = ("auto", "cpu", "cuda")  # where the decoder's search runs (runtime.captioner.resolve_device)
+PRECISIONS = ("auto", "int8", "bf16", "fp32")  # its matmuls (runtime.captioner.build_search); auto: int8 on a CPU, else bf16 where native, else fp32
 VIEWS = ("plain", "flip", "zoom", "zoom-flip")  # how a training photo is seen before the CNN (model.features)
 
 
@@ -22,7 +23,7 @@ class Decoding:
     block_ngram: int = 0  # no n-gram of this size twice in a caption (0: allowed)
     max_length: int = 20  # words
     consensus_weight: float = 0.0  # rerank the finished beams by log p + this * agreement (model.consensus); 0: off
-    guided: bool = False  # the caption must say the first forced_tags tags (model.tags, model.beam's constrained search)
+    guided: bool = False  # the caption must say the first forced_tags tags (runtime.tags, runtime.beam's constrained search)
     tag_threshold: float = 0.5  # a tag is shown, and may be forced, from this calibrated probability on
     forced_tags: int = 1  # the most tags a guided caption must say, best first
 

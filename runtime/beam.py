@@ -1,6 +1,8 @@
-"""Beam search batched over images and beams: one decoder step for all of them at once.
+"""Beam search batched over images and beams: one decoder step for all of them at once, either as
+one OpenVINO graph (runtime.graph, on a CPU) or step by step in this module's loop
+(runtime.decoder.ArrayStep: numpy, or torch on a GPU).
 
-Row b * K + k of every [B * K, ...] tensor is beam k of image b. A finished beam stays in the
+Row b * K + k of every [B * K, ...] array is beam k of image b. A finished beam stays in the
 beam: it may only continue with <end> at no cost, so it keeps its score, competes with the live
 ones, and no two beams ever hold the same sentence.
 
@@ -20,12 +22,17 @@ can displace them. With S = 1 that is the usual rule, every beam finished.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Union
 
-import torch
+import numpy as np
 
-from model.decoder import Decoder, State
+from runtime.decoder import ArrayStep
+from runtime.graph import BeamGraph
+
+Search = Union[BeamGraph, ArrayStep]  # the whole loop in one OpenVINO call, or one step at a time in _search
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,9 @@ class Hypothesis:
     score: float  # log_prob / length ** length_penalty: what the ranking uses
 
 
-@torch.inference_mode()
 def beam_search(
-    decoder: Decoder,
-    features: torch.Tensor,
+    search: Search,
+    features: np.ndarray,
     *,
     start_id: int,
     end_id: int,
@@ -60,9 +66,8 @@ def beam_search(
     docstring); None or empty lists: none."""
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
-    B, K = features.size(0), beam_size
-    V = decoder.config.vocab_size
-    device = features.device
+    B, K = len(features), beam_size
+    V = search.vocab_size
     constraints = constraints or [[] for _ in range(B)]
     if len(counts := {len(per_image) for per_image in constraints}) > 1:
         # Images with as many constraints searched together: with fewer, an image would carry the
@@ -70,36 +75,33 @@ def beam_search(
         found: list[list[Hypothesis]] = [[] for _ in range(B)]
         for count in counts:
             rows = [b for b in range(B) if len(constraints[b]) == count]
-            alike = beam_search(decoder, features[rows], start_id=start_id, end_id=end_id, banned_ids=banned_ids,
+            alike = beam_search(search, features[rows], start_id=start_id, end_id=end_id, banned_ids=banned_ids,
                                 beam_size=beam_size, max_length=max_length, num_captions=num_captions,
                                 length_penalty=length_penalty, block_ngram=block_ngram,
                                 constraints=[constraints[b] for b in rows])
             for b, hypotheses in zip(rows, alike):
                 found[b] = hypotheses
         return found
-    transitions = _transitions(constraints, V, device)  # [B, S, S, V]
-    S = transitions.size(1)
-    targets = torch.tensor([2 ** len(per_image) - 1 for per_image in constraints], dtype=torch.long)  # [B]: all met
+    transitions = _transitions(constraints, V)  # [B, S, S, V]
+    S = transitions.shape[1]
+    targets = np.array([2 ** len(per_image) - 1 for per_image in constraints], np.int64)  # [B]: all met
 
-    # W_ih v once per image, then copied to its S * K rows; in fp32 once here, not at every step
-    state = tuple(part.float().repeat_interleave(S * K, dim=0) for part in decoder.start(features))
-    tokens = torch.full((B * S * K,), start_id, dtype=torch.long, device=device)  # [B*S*K]
-    scores = torch.full((B * S, K), float("-inf"), device=device)  # [B*S, K]: a row per group
+    # W_ih v once per image, then copied to its S * K rows
+    state = search.start(search.image_gates(features), S * K)
+    tokens = np.full(B * S * K, start_id, np.int64)  # [B*S*K]
+    scores = np.full((B * S, K), -np.inf, np.float32)  # [B*S, K]: a row per group
     scores[::S, 0] = 0.0  # one live beam, in the state that has met nothing: the first step must not pick duplicates
-    only_end = torch.full((V,), float("-inf"), device=device)
+    only_end = np.full(V, -np.inf, np.float32)
     only_end[end_id] = 0.0
-    banned = torch.zeros(V, device=device)  # [V], added to every step's log-probabilities
-    banned[list(banned_ids)] = float("-inf")
-    banned_first = banned.clone()
-    banned_first[end_id] = float("-inf")  # a caption has at least one word
+    banned = np.zeros(V, np.float32)  # [V], added to every step's log-probabilities
+    banned[list(banned_ids)] = -np.inf
+    banned_first = banned.copy()
+    banned_first[end_id] = -np.inf  # a caption has at least one word
 
-    if decoder.beam_graph is not None:  # the int8 decoder: the whole loop in one OpenVINO call
-        scores, histories = decoder.beam_graph.search(tokens, state, scores, transitions, targets, banned_first, banned,
-                                                      only_end, end_id, max_length, block_ngram)
-    else:
-        scores, histories = _search(decoder, tokens, state, scores, transitions, targets, banned_first, banned, only_end,
-                                    end_id, max_length, block_ngram)
-    scores = scores.view(B, S, K).tolist()
+    run = search.search if isinstance(search, BeamGraph) else functools.partial(_search, search)
+    scores, histories = run(tokens, state, scores, transitions, targets, banned_first, banned, only_end, end_id, max_length,
+                            block_ngram)
+    scores = scores.reshape(B, S, K).tolist()
     best = []
     for b in range(B):
         groups = [_best(histories[(b * S + s) * K:(b * S + s + 1) * K], scores[b][s], end_id, num_captions, length_penalty)
@@ -110,47 +112,46 @@ def beam_search(
     return best
 
 
-def _transitions(constraints: Sequence[Sequence[Sequence[int]]], vocab_size: int, device: torch.device) -> torch.Tensor:
+def _transitions(constraints: Sequence[Sequence[Sequence[int]]], vocab_size: int) -> np.ndarray:
     """Per image, which state a word leads to from each state: [B, S (to), S (from), V], 0 where
     `from` with the word becomes `to`, -inf elsewhere. S = 2^N for the most constraints N of an image."""
     S = 2 ** max((len(per_image) for per_image in constraints), default=0)
-    bits = torch.zeros(len(constraints), vocab_size, dtype=torch.long)  # [B, V]: the constraints each word meets
+    bits = np.zeros((len(constraints), vocab_size), np.int64)  # [B, V]: the constraints each word meets
     for b, per_image in enumerate(constraints):
         for j, words in enumerate(per_image):
             bits[b, list(words)] |= 1 << j
-    states = torch.arange(S)
+    states = np.arange(S)
     reached = states[None, :, None] | bits[:, None, :]  # [B, S (from), V]
-    transitions = torch.where(reached[:, None] == states[None, :, None, None], 0.0, float("-inf"))  # [B, S, S, V]
-    return transitions.to(device)
+    return np.where(reached[:, None] == states[None, :, None, None], 0.0, -np.inf).astype(np.float32)  # [B, S, S, V]
 
 
-def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
-            targets: torch.Tensor, banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int,
-            max_length: int, block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
+def _search(step: ArrayStep, tokens: np.ndarray, state, scores: np.ndarray, transitions: np.ndarray, targets: np.ndarray,
+            banned_first: np.ndarray, banned: np.ndarray, only_end: np.ndarray, end_id: int, max_length: int,
+            block_ngram: int) -> tuple[np.ndarray, list[list[int]]]:
     """The search's steps: tokens [B*S*K], the state, scores [B*S, K], transitions [B, S, S, V], each
     image's target group [B] and the bans [V] -> the beams' scores [B*S, K] and their words."""
     B, S = transitions.shape[:2]
-    K = scores.size(1)
-    V = only_end.numel()
+    K = scores.shape[1]
+    V = len(only_end)
     # The words of each row and whether it has ended live in Python lists: a step's bookkeeping is a
-    # few list operations per beam instead of a dozen tensor operations of a few microseconds each.
+    # few list operations per beam instead of a dozen array operations.
     histories: list[list[int]] = [[] for _ in range(B * S * K)]
     finished = [False] * (B * S * K)
     for t in range(max_length):
         # Every row runs, finished beams and the first step's K alike beams included: a step reads the
         # weights once whatever the rows, so selecting the live ones cost more than it saved.
-        log_probs, state = decoder.step(tokens, state)  # [B*K, V]
+        log_probs, state = step.step(tokens, state)  # [B*S*K, V]
         log_probs = log_probs + (banned_first if t == 0 else banned)
         if block_ngram and t >= block_ngram:
             rows, words = _repeats(histories, finished, block_ngram)
             if rows:
-                log_probs[rows, words] = float("-inf")
+                log_probs[rows, words] = -np.inf
         if any(finished):
             log_probs[[row for row, done in enumerate(finished) if done]] = only_end
-        candidates = scores[:, :, None] + log_probs.view(B * S, K, V)  # [B*S, K, V]
+        candidates = scores[:, :, None] + log_probs.reshape(B * S, K, V)  # [B*S, K, V]
         if S > 1:  # each group's candidates: every group's words that lead to its state
-            candidates = candidates.view(B, 1, S, K, V) + transitions[:, :, :, None, :]  # [B, S, S, K, V]
-        scores, flat = candidates.reshape(B * S, S * K * V).topk(K, dim=1)  # [B*S, K]
+            candidates = candidates.reshape(B, 1, S, K, V) + transitions[:, :, :, None, :]  # [B, S, S, K, V]
+        scores, flat = _topk(candidates.reshape(B * S, S * K * V), K)  # [B*S, K]
         rows, words = [], []
         for group, picks in enumerate(flat.tolist()):
             first_row = group // S * S * K  # the image's first row: reordering stays inside each image
@@ -160,21 +161,28 @@ def _search(decoder: Decoder, tokens: torch.Tensor, state: State, scores: torch.
                 words.append(word)
         histories = [histories[row] + [word] for row, word in zip(rows, words)]
         finished = [finished[row] or word == end_id for row, word in zip(rows, words)]
-        recurrent, c, image_gates = state
-        index = torch.tensor(rows, dtype=torch.long, device=tokens.device)  # long also when there are no images
-        state = (recurrent[index], c[index], image_gates)  # each image's gate term is the same for all its rows
-        tokens = torch.tensor(words, dtype=torch.long, device=tokens.device)
-        if _over(scores.view(B, S, K).cpu(), torch.tensor(finished, dtype=torch.bool).view(B, S, K), targets):
+        state = step.select(state, rows)
+        tokens = np.array(words, np.int64)
+        if _over(scores.reshape(B, S, K), np.array(finished, bool).reshape(B, S, K), targets):
             break
     return scores, histories
 
 
-def _over(scores: torch.Tensor, finished: torch.Tensor, targets: torch.Tensor) -> bool:
+def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row, largest first, and their columns; of equals, the first columns."""
+    columns = np.sort(np.argpartition(-x, k - 1, axis=1)[:, :k], axis=1)  # the k largest, in column order
+    values = np.take_along_axis(x, columns, 1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(values, order, 1), np.take_along_axis(columns, order, 1)
+
+
+def _over(scores: np.ndarray, finished: np.ndarray, targets: np.ndarray) -> bool:
     """Whether every image's search is over (the module's docstring): scores and finished [B, S, K], targets [B]."""
-    unfinished = torch.where(~finished & (scores > float("-inf")), scores, float("-inf")).amax(dim=(1, 2))  # [B]
-    target = scores[torch.arange(scores.size(0)), targets]  # [B, K]
-    full = (finished[torch.arange(scores.size(0)), targets] & (target > float("-inf"))).all(dim=1)
-    return bool(((unfinished == float("-inf")) | (full & (target.amin(dim=1) >= unfinished))).all())
+    unfinished = np.where(~finished & (scores > -np.inf), scores, -np.inf).max(axis=(1, 2))  # [B]
+    images = np.arange(len(scores))
+    target = scores[images, targets]  # [B, K]
+    full = (finished[images, targets] & (target > -np.inf)).all(axis=1)
+    return bool(((unfinished == -np.inf) | (full & (target.min(axis=1) >= unfinished))).all())
 
 
 def _repeats(histories: list[list[int]], finished: list[bool], n: int) -> tuple[list[int], list[int]]:

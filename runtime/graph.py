@@ -1,12 +1,12 @@
-"""Beam search for the int8 decoder as one OpenVINO graph: a Loop whose body is one step of
-model.beam's search, so that a caption is one call instead of a Python loop of tensor operations.
+"""Beam search as one OpenVINO graph, the CPU's: a Loop whose body is one step of runtime.beam's
+search, so that a caption is one call instead of a Python loop of array operations.
 
-A step of the Python loop runs about 25 tensor operations of a few microseconds each around its
+A step of the Python loop runs about 25 array operations of a few microseconds each around its
 one matmul, and the Python bookkeeping of the beams; here the same step is one pass of OpenVINO's
-Loop body. The same search: the cell and log-softmax in fp32, the same int8 matmul
-(model.decoder.int8_matmul), the same bans, ties and early stop. tests/test_beam_graph.py holds it
-to model.beam's loop word for word; the log-probabilities may differ by about 1e-3, where
-OpenVINO's sigmoid or tanh rounds otherwise than torch's and an int8 input moves a step.
+Loop body, built from the decoder's tensors (runtime.decoder.FrozenDecoder). The same search: the
+cell and log-softmax in fp32, the same bans, ties and early stop. Its matmuls run in int8 (the
+default) or fp32 (_matmul). tests/test_beam_graph.py holds the fp32 graph to runtime.beam's numpy
+loop word for word, and the int8 graph to the same best captions on the shipped weights.
 
 The n-gram ban needs no n-gram search: each row keeps, for every earlier place p in its sentence,
 how many words before p match the last words of the sentence (matched_suffix); a word at p would
@@ -19,52 +19,128 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import torch
 
-from model.decoder import OpenVINOInt8Linear, State, compile_on_cpu, int8_matmul
+from runtime.cnn import cpu_threads, drift, openvino_core
+from runtime.decoder import FrozenDecoder, quantize
+
+PRECISIONS = ("int8", "fp32")  # the graph's matmuls; int8 first: it reads a quarter of fp32's bytes a step
+# ||y - y_fp32|| / ||y_fp32|| allowed per row when a layer is checked at load: int8 is at about 0.01 here,
+# fp32 at 1e-6; a kernel that cannot run on this CPU raises, and a wrong graph is at 1 or more.
+MAX_DRIFT = {"int8": 0.05, "fp32": 1e-4}
+MAX_STEP_DRIFT = {"int8": 0.1, "fp32": 1e-3}  # nats: the best first word's log-probability
+PROBE_ROWS = (1, 160)  # OpenVINO picks its kernel by the rows: one, and 16 images at beam 10
 
 
 class BeamGraph:
-    """The loop of model.beam.beam_search, built for a frozen int8 decoder: its word table W_x E
-    [V, 4H] and its stacked int8 layer (W_h and the output layer)."""
+    """The loop of runtime.beam.beam_search for a frozen decoder, its matmuls in `precision` (int8:
+    weights in int8, one scale per output, each input row quantized per group of 32 on the fly, as
+    OpenVINO runs LLM decoders; fp32). Raises, before it is used, where OpenVINO cannot build or
+    run it here, or where its layers drift from the decoder's fp32 numbers beyond MAX_DRIFT."""
 
-    def __init__(self, word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_dim: int):
-        self._request = compile_on_cpu(_search_model(word_gates, stacked, hidden_dim)).create_infer_request()
+    def __init__(self, decoder: FrozenDecoder, precision: str = "int8"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"the decoder graph runs in {' or '.join(PRECISIONS)}, not {precision!r}")
+        import openvino
+        import openvino.opset13 as ops
+
+        self.precision = precision
+        self.vocab_size = decoder.vocab_size
+        x = ops.parameter([-1, decoder.image_weight.shape[1]], openvino.Type.f32)
+        image_layer = openvino.Model([_matmul(x, decoder.image_weight, decoder.image_bias, precision)], [x])
+        self._image_request = compile_on_cpu(image_layer).create_infer_request()
+        self._request = compile_on_cpu(_search_model(decoder, precision)).create_infer_request()
         self._request_lock = threading.Lock()
-        self._check_it_runs(word_gates.size(0), hidden_dim)
+        self._check(decoder)
 
-    def search(self, tokens: torch.Tensor, state: State, scores: torch.Tensor, transitions: torch.Tensor,
-               targets: torch.Tensor, banned_first: torch.Tensor, banned: torch.Tensor, only_end: torch.Tensor, end_id: int,
-               max_length: int, block_ngram: int) -> tuple[torch.Tensor, list[list[int]]]:
-        """What model.beam's loop takes and gives: tokens [B*S*K], the state (W_h h, c, W_ih v + b,
+    def image_gates(self, features: np.ndarray) -> np.ndarray:
+        """features [B, D] -> W_ih v + b [B, 4H], fp32."""
+        with self._request_lock:  # the output is the request's buffer until copied: its next call overwrites it
+            return self._image_request.infer([np.ascontiguousarray(features, np.float32)])[0].copy()
+
+    def start(self, image_gates: np.ndarray, rows_per_image: int):
+        """The zero state for rows_per_image rows of each image (runtime.decoder.ArrayStep.start)."""
+        repeated = np.repeat(image_gates, rows_per_image, axis=0)
+        return np.zeros_like(repeated), np.zeros((len(repeated), repeated.shape[1] // 4), np.float32), repeated
+
+    def search(self, tokens: np.ndarray, state, scores: np.ndarray, transitions: np.ndarray, targets: np.ndarray,
+               banned_first: np.ndarray, banned: np.ndarray, only_end: np.ndarray, end_id: int, max_length: int,
+               block_ngram: int) -> tuple[np.ndarray, list[list[int]]]:
+        """What runtime.beam's loop takes and gives: tokens [B*S*K], the state (W_h h, c, W_ih v + b,
         fp32), scores [B*S, K], transitions [B, S, S, V], each image's target group [B] and the
         bans [V] -> the beams' scores [B*S, K] and their words."""
         recurrent, c, image_gates = state
         inputs = [tokens, recurrent, c, image_gates, scores, transitions, targets, banned_first, banned, only_end,
-                  torch.tensor(end_id), torch.tensor(max_length), torch.tensor(block_ngram)]
-        with self._request_lock:  # the outputs are the request's buffers until copied: its next call overwrites them
-            outputs = self._request.infer([x.contiguous().numpy() for x in inputs], share_inputs=True, share_outputs=True)
-            final_scores, words = (torch.from_numpy(outputs[i].copy()) for i in range(2))
+                  np.array(end_id), np.array(max_length), np.array(block_ngram)]
+        inputs = [np.require(x, np.int64 if x.dtype.kind in "iu" else np.float32, "C") for x in inputs]  # 0-d stays 0-d
+        with self._request_lock:
+            outputs = self._request.infer(inputs, share_inputs=True, share_outputs=True)
+            final_scores, words = outputs[0].copy(), outputs[1].copy()
         return final_scores, [[word for word in row if word >= 0] for row in words.tolist()]  # [B*K, steps]
 
-    def _check_it_runs(self, vocab_size: int, hidden_dim: int) -> None:
-        """OpenVINO compiles for any CPU and makes its kernels at the first call: call it once here,
-        so that a CPU it cannot run on fails the int8 decoder at load, not a request."""
-        V, N = vocab_size, 2 * 3
-        scores = torch.full((2, 3), float("-inf"))
-        scores[:, 0] = 0
-        zeros = torch.zeros(V)
-        self.search(torch.zeros(N, dtype=torch.long), (torch.zeros(N, 4 * hidden_dim), torch.zeros(N, hidden_dim),
-                    torch.randn(N, 4 * hidden_dim, generator=torch.Generator().manual_seed(0))), scores,
-                    torch.zeros(2, 1, 1, V), torch.zeros(2, dtype=torch.long), zeros, zeros, zeros, end_id=0, max_length=4,
-                    block_ngram=2)
+    def _check(self, decoder: FrozenDecoder) -> None:
+        """OpenVINO compiles for any CPU and makes its kernels at the first call: call both graphs
+        here, so that a CPU they cannot run on fails them at load, not a request. The layers'
+        outputs, on a few rows and on many, must be the fp32 decoder's within MAX_DRIFT."""
+        generator = np.random.default_rng(0)
+        H, V = decoder.hidden_dim, decoder.vocab_size
+        for rows in PROBE_ROWS:
+            features = generator.standard_normal((rows, decoder.image_weight.shape[1]), np.float32)
+            moved = drift(self.image_gates(features), features @ decoder.image_weight.T + decoder.image_bias)
+            if not moved <= MAX_DRIFT[self.precision]:
+                raise RuntimeError(f"the {self.precision} decoder graph's image layer is {moved:.1e} from fp32 on {rows} "
+                                   f"probe rows (allowed {MAX_DRIFT[self.precision]})")
+        # One step of one beam from the zero state: its score is the best log-probability of the stacked layer on h
+        gates = generator.standard_normal((2, 4 * H), np.float32)
+        got, _ = self.search(np.zeros(2, np.int64), self.start(gates, 1), np.zeros((2, 1), np.float32),
+                             np.zeros((2, 1, 1, V), np.float32), np.zeros(2, np.int64), *(np.zeros(V, np.float32) for _ in range(3)),
+                             end_id=0, max_length=1, block_ngram=0)
+        i, _, g, o = np.split(gates + decoder.word_gates[0], 4, axis=1)
+        h = _sigmoid(o) * np.tanh(_sigmoid(i) * np.tanh(g))
+        logits = (h @ decoder.stacked.T + decoder.stacked_bias)[:, 4 * H:]
+        best = -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))  # the top log-softmax
+        moved = float(np.abs(got[:, 0] - best).max())
+        if not moved <= MAX_STEP_DRIFT[self.precision]:
+            raise RuntimeError(f"the {self.precision} decoder graph's first step scores {moved:.1e} away from the fp32 "
+                               f"decoder's on the probe (allowed {MAX_STEP_DRIFT[self.precision]})")
 
 
-def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_dim: int):
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _matmul(x, weight: np.ndarray, bias: np.ndarray, precision: str):
+    """The OpenVINO node for x [any, K] fp32 -> x weight^T + bias, weight [N, K]. In int8, the
+    weight int8 with one scale per output, widened inside the graph: a pattern that OpenVINO's CPU
+    plugin runs as one matmul on the compressed weights, x quantized per group of 32
+    (compile_on_cpu). The output is 1.0% from fp32's. Built op by op: tracing the same in torch
+    took 1.8 s at start."""
     import openvino
     import openvino.opset13 as ops
 
-    V, H = word_gates.size(0), hidden_dim
+    if precision == "int8":
+        quantized, scale = quantize(weight)
+        weight_node = ops.multiply(ops.convert(ops.constant(quantized), openvino.Type.f32), ops.constant(scale))
+    else:
+        weight_node = ops.constant(np.ascontiguousarray(weight, np.float32))
+    return ops.add(ops.matmul(x, weight_node, transpose_a=False, transpose_b=True), ops.constant(np.asarray(bias, np.float32)))
+
+
+def compile_on_cpu(model):
+    """A decoder graph compiled for the CPU: in fp32, but for the int8 matmuls' inputs, quantized
+    per group of 32 (OpenVINO's default, pinned here so that the numbers do not move with OpenVINO's
+    defaults), on all the cores this process may use. There, one image at a time, beam 3, the
+    whole search as one graph took 5.7-6.0 ms a caption on two threads, 7.2 on one (docs/performance.md)."""
+    return openvino_core().compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 32, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": cpu_threads(),
+    })
+
+
+def _search_model(decoder: FrozenDecoder, precision: str):
+    import openvino
+    import openvino.opset13 as ops
+
+    V, H = decoder.vocab_size, decoder.hidden_dim
     f32, i64, boolean = openvino.Type.f32, openvino.Type.i64, openvino.Type.boolean
 
     def const(value, dtype=np.int64):
@@ -76,7 +152,7 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     def shift_right(x, first):  # [first, x[:, 0], ..., x[:, -2]]
         return ops.pad(column(x, 0, -1), const([0, 1]), const([0, 0]), "constant", const(first))
 
-    # One step: the Loop's body. Rows (b * S + s) * K + k as in model.beam; t is the step (the number of words so far).
+    # One step: the Loop's body. Rows (b * S + s) * K + k as in runtime.beam; t is the step (the number of words so far).
     tokens = ops.parameter([-1], i64, name="tokens")  # [N]
     recurrent = ops.parameter([-1, 4 * H], f32, name="recurrent")  # [N, 4H]: W_h h
     c = ops.parameter([-1, H], f32, name="c")  # [N, H]
@@ -93,11 +169,11 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     body_inputs = [tokens, recurrent, c, scores, finished, words, matched_suffix, t, image_gates, transitions, targets,
                    banned_first, banned, only_end, end_id, block_ngram]
 
-    gates = ops.add(ops.add(image_gates, ops.gather(ops.constant(word_gates.numpy()), tokens, 0)), recurrent)  # [N, 4H]
+    gates = ops.add(ops.add(image_gates, ops.gather(ops.constant(decoder.word_gates), tokens, 0)), recurrent)  # [N, 4H]
     i, f, g, o = ops.split(gates, 1, 4).outputs()
     new_c = ops.add(ops.multiply(ops.sigmoid(f), c), ops.multiply(ops.sigmoid(i), ops.tanh(g)))  # [N, H]
     h = ops.multiply(ops.sigmoid(o), ops.tanh(new_c))
-    both = int8_matmul(h, stacked.weight, stacked.scale, stacked.bias)  # [N, 4H + V]
+    both = _matmul(h, decoder.stacked, decoder.stacked_bias, precision)  # [N, 4H + V]
     next_recurrent = column(both, 0, 4 * H)  # [N, 4H]: W_h h
     log_probs = ops.log_softmax(column(both, 4 * H, 4 * H + V), 1)  # [N, V]
     log_probs = ops.add(log_probs, ops.select(ops.equal(t, const([0])), banned_first, banned))
@@ -110,7 +186,7 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     log_probs = ops.scatter_elements_update(log_probs, ops.maximum(words, const(0)), ban, 1, "min")
     log_probs = ops.select(ops.unsqueeze(finished, const([1])), only_end, log_probs)  # a finished beam may only add <end>, at no cost
 
-    # Each group's candidates: every group's words that lead to its state (model.beam); S = 1: its own beams'
+    # Each group's candidates: every group's words that lead to its state (runtime.beam); S = 1: its own beams'
     K = ops.gather(ops.shape_of(scores), const(1), 0)
     B, S = (ops.gather(ops.shape_of(transitions), const(axis), 0) for axis in (0, 2))
     total = ops.reshape(ops.add(ops.reshape(scores, const([-1, 1]), False), log_probs),
@@ -130,7 +206,7 @@ def _search_model(word_gates: torch.Tensor, stacked: OpenVINOInt8Linear, hidden_
     new_matched_suffix = ops.select(extended, ops.add(shift_right(ops.gather(matched_suffix, rows, 0), 0), const(1)), const(0))
     new_words = ops.scatter_update(new_words, t, ops.unsqueeze(new_tokens, const([1])), const(1))
     new_finished = ops.logical_or(ops.gather(finished, rows, 0), ops.equal(new_tokens, end_id))
-    # Over for an image once its target group holds K finished sentences that every unfinished one scores below (model.beam)
+    # Over for an image once its target group holds K finished sentences that every unfinished one scores below (runtime.beam)
     by_image = ops.concat([const([-1]), ops.unsqueeze(S, const([0])), ops.unsqueeze(K, const([0]))], 0)
     image_scores, image_finished = ops.reshape(new_scores, by_image, False), ops.reshape(new_finished, by_image, False)  # [B, S, K]
     minus_inf = const(-np.inf, np.float32)

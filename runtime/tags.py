@@ -7,7 +7,7 @@ caption word, or none; a word's probability is the sum of its classes' softmax p
 (TagCalibration, fitted by model.calibrate on training photos: the probability that a human caption
 of the photo uses the word or its plural). Tags at or above the decoding's tag_threshold are shown
 with every caption; with decoding.guided the first forced_tags of them must appear in the caption
-(model.beam's constrained search), each satisfied by any of the map's words for it ("dog", "dogs",
+(runtime.beam's constrained search), each satisfied by any of the map's words for it ("dog", "dogs",
 "puppy", "terrier").
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from model.vocab import tokenize
+from runtime.vocab import tokenize
 
 TAGS_FILE = "tags.json"
 MAX_TAGS = 5  # shown with a caption, best first
@@ -43,9 +43,9 @@ class TagCalibration:
     slope: float = 1.0
     intercept: float = 0.0
 
-    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
-        p = probabilities.double().clamp(1e-9, 1 - 1e-9)
-        return torch.sigmoid(self.slope * torch.log(p / (1 - p)) + self.intercept).to(probabilities.dtype)
+    def __call__(self, probabilities: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(probabilities, np.float64), 1e-9, 1 - 1e-9)
+        return (1 / (1 + np.exp(-(self.slope * np.log(p / (1 - p)) + self.intercept)))).astype(np.float32)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,11 +70,13 @@ class Tagger:
     """The classifier head, the tag map and its calibration: features [B, D] -> tags, and the
     vocabulary ids that satisfy each forced tag."""
 
-    def __init__(self, classifier: torch.nn.Linear, tag_map: dict, calibration: TagCalibration, vocab_index: dict[str, int]):
+    def __init__(self, classifier: tuple[np.ndarray, np.ndarray], tag_map: dict, calibration: TagCalibration,
+                 vocab_index: dict[str, int]):
+        """classifier: the CNN's head on v, weight [C, D] and bias [C]."""
         classes = tag_map["classes"]
-        if len(classes) != classifier.out_features:
-            raise TagMapError(f"the tag map names {len(classes)} classes, but the CNN's classifier has {classifier.out_features}")
-        self.classifier = classifier
+        self.weight, self.bias = (np.asarray(array, np.float32) for array in classifier)
+        if len(classes) != len(self.weight):
+            raise TagMapError(f"the tag map names {len(classes)} classes, but the CNN's classifier has {len(self.weight)}")
         self.calibration = calibration
         self.words = sorted({entry["word"] for entry in classes if entry["word"] is not None})
         missing = [word for word in self.words if word not in vocab_index]
@@ -84,31 +86,33 @@ class Tagger:
         self.column = {word: i for i, word in enumerate(self.words)}
         self.class_names = [entry["name"] for entry in classes]
         # Classes without a word go to an extra column, dropped after summing
-        self.class_to_word = torch.tensor([self.column.get(entry["word"], len(self.words)) for entry in classes])  # [C]
+        self.class_to_word = np.array([self.column.get(entry["word"], len(self.words)) for entry in classes])  # [C]
         self.satisfying_ids = [[vocab_index[w] for w in tag_map["words"][word] if w in vocab_index] for word in self.words]
 
-    @torch.inference_mode()
-    def word_probabilities(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def word_probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """features [B, D] -> each word's summed class probability [B, W], not calibrated, and the
         class probabilities [B, C]."""
-        classes = torch.softmax(self.classifier(features.to(self.classifier.weight)).float().cpu(), dim=1)  # [B, C]
-        summed = classes.new_zeros(classes.size(0), len(self.words) + 1)
-        summed.scatter_add_(1, self.class_to_word.expand_as(classes), classes)
+        logits = np.asarray(features, np.float32) @ self.weight.T + self.bias  # [B, C]
+        classes = np.exp(logits - logits.max(1, keepdims=True))
+        classes /= classes.sum(1, keepdims=True)
+        summed = np.zeros((len(classes), len(self.words) + 1), np.float32)
+        for row, per_image in zip(summed, classes):
+            np.add.at(row, self.class_to_word, per_image)
         return summed[:, :-1], classes
 
-    def tags(self, features: torch.Tensor, threshold: float) -> list[list[Tag]]:
+    def tags(self, features: np.ndarray, threshold: float) -> list[list[Tag]]:
         """Per image, the words whose calibrated probability reaches threshold, best first, at most MAX_TAGS."""
         summed, classes = self.word_probabilities(features)
         probabilities = self.calibration(summed)
-        values, columns = probabilities.topk(min(MAX_TAGS, len(self.words)), dim=1)
-        return [[Tag(self.words[w], self._top_class(classes[b], w), round(p, 4))
-                 for p, w in zip(values[b].tolist(), columns[b].tolist()) if p >= threshold]
-                for b in range(features.size(0))]
+        columns = np.argsort(-probabilities, axis=1, kind="stable")[:, :MAX_TAGS]  # [B, <= MAX_TAGS]
+        return [[Tag(self.words[w], self._top_class(classes[b], w), round(float(probabilities[b, w]), 4))
+                 for w in columns[b].tolist() if probabilities[b, w] >= threshold]
+                for b in range(len(classes))]
 
-    def _top_class(self, classes: torch.Tensor, word: int) -> str:
-        members = (self.class_to_word == word).nonzero()[:, 0]
+    def _top_class(self, classes: np.ndarray, word: int) -> str:
+        members = np.flatnonzero(self.class_to_word == word)
         return self.class_names[members[classes[members].argmax()]]
 
     def constraints(self, tags: list[list[Tag]], count: int) -> list[list[list[int]]]:
-        """Per image, its first `count` tags as what model.beam must fit in: each the ids of the words that say it."""
+        """Per image, its first `count` tags as what runtime.beam must fit in: each the ids of the words that say it."""
         return [[self.satisfying_ids[self.column[tag.word]] for tag in per_image[:count]] for per_image in tags]
