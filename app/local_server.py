@@ -38,11 +38,12 @@ class Server:
 
 
 @contextmanager
-def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
+def running_server(wait_ready: bool = True, checkout: Path = ROOT, **settings) -> Iterator[Server]:
     """python -m app (uvicorn with the service's protocol and signal handling) in a subprocess on a free port, CAPTIONER_* settings from keyword arguments
     (weights_dir defaults to the shipped weights/, drain_delay_s to 0 so that the SIGTERM ending each server
-    stops it at once; other CAPTIONER_* variables in the environment pass through)."""
-    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(ROOT / "weights"), "CAPTIONER_DRAIN_DELAY_S": "0"}
+    stops it at once; other CAPTIONER_* variables in the environment pass through). checkout: the
+    folder whose code and weights run (another version's worktree, for bench.ab), by this Python."""
+    env = {**os.environ, "CAPTIONER_WEIGHTS_DIR": str(Path(checkout) / "weights"), "CAPTIONER_DRAIN_DELAY_S": "0"}
     env |= {f"CAPTIONER_{key.upper()}": str(value) for key, value in settings.items()}
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="captioner-server-") as folder:
@@ -50,7 +51,7 @@ def running_server(wait_ready: bool = True, **settings) -> Iterator[Server]:
         with log.open("w") as sink:
             process = subprocess.Popen(
                 [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                cwd=checkout, env=env, stdout=sink, stderr=subprocess.STDOUT,
             )
         server = Server(f"http://127.0.0.1:{port}", process, log)
         try:
@@ -78,14 +79,18 @@ def wait_until_ready(server: Server, timeout: float = 120) -> None:
 
 
 def wait_for_readyz(url: str, alive: Callable[[], None], timeout: float = 120) -> None:
-    """Poll url/readyz until it answers 200; alive() raises if the server died meanwhile."""
+    """Poll url/readyz every 50 ms until it answers 200; alive() (which may be slow: podman inspect)
+    is asked about once a second whether the server died meanwhile."""
     deadline = time.time() + timeout
+    checked = 0.0
     while time.time() < deadline:
-        alive()
+        if time.time() - checked >= 1:
+            alive()
+            checked = time.time()
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout} s")

@@ -1,17 +1,14 @@
 """Gather every wheel the image needs into one folder, for a build that reaches no package index.
 
-    python3 scripts/wheelhouse.py [--out wheelhouse] [pip options, e.g. --extra-index-url URL]
+    python3 scripts/wheelhouse.py [--out wheelhouse] [--gpu] [pip options, e.g. --extra-index-url URL]
 
 Run it on a host that reaches an index (or its mirror): it runs `pip wheel` on this project with
 the host's own pip configuration, so the wheels are those pip picks here. Then `docker build .`
 (or podman) installs from the folder with --no-index, checking each wheel against
-wheelhouse/requirements.txt (name==version --hash=sha256:...), which this script writes; the
-project's own wheel is installed apart from them, so a change to the code leaves the cached
-dependency layer as it is.
-
-For a CPU-only image, let pip see PyTorch's CPU wheels, which then win over the CUDA ones
-(2.14.1+cpu sorts after 2.14.1):
-    python3 scripts/wheelhouse.py --extra-index-url https://download.pytorch.org/whl/cpu
+wheelhouse/requirements-cpu.txt (name==version --hash=sha256:...), which this script writes: the
+base install, no torch. With --gpu it also gathers the gpu extra (torch and its CUDA wheels) and
+writes requirements-gpu.txt, for `docker build --build-arg VARIANT=gpu`. The project's own wheel
+is installed apart from them, so a change to the code leaves the cached dependency layer as it is.
 """
 from __future__ import annotations
 
@@ -23,26 +20,30 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = "requirements.txt"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python3 scripts/wheelhouse.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=PROJECT / "wheelhouse", help="the folder, emptied first")
+    parser.add_argument("--gpu", action="store_true", help="also the gpu extra's wheels (torch, CUDA), for VARIANT=gpu")
     args, pip_options = parser.parse_known_args(argv)
     if args.out.exists():
         shutil.rmtree(args.out)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(args.out), *pip_options, str(PROJECT)],
-                   check=True)
-    lines = []
-    for wheel in sorted(args.out.glob("*.whl")):
-        name, version = wheel.name.split("-")[:2]  # wheel names spell '-' inside a name as '_'
-        if name != "captioner":
-            lines.append(f"{name}=={version} --hash=sha256:{sha256(wheel)}")
-    (args.out / REQUIREMENTS).write_text("\n".join(lines) + "\n")
-    size = sum(w.stat().st_size for w in args.out.glob("*.whl"))
-    print(f"{args.out}: {len(lines) + 1} wheels, {size / 2**30:.2f} GiB; {REQUIREMENTS} pins {len(lines)} dependencies by sha256")
+    for variant, target in [("cpu", str(PROJECT)), *([("gpu", f"{PROJECT}[gpu]")] if args.gpu else [])]:
+        before = set(args.out.glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(args.out), *pip_options, target],
+                       check=True)
+        wheels = sorted(before | set(args.out.glob("*.whl"))) if variant == "gpu" else sorted(args.out.glob("*.whl"))
+        lines = []
+        for wheel in wheels:
+            name, version = wheel.name.split("-")[:2]  # wheel names spell '-' inside a name as '_'
+            if name != "captioner":
+                lines.append(f"{name}=={version} --hash=sha256:{sha256(wheel)}")
+        (args.out / f"requirements-{variant}.txt").write_text("\n".join(lines) + "\n")
+        size = sum(w.stat().st_size for w in wheels)
+        print(f"{args.out}: {variant}: {len(lines) + 1} wheels, {size / 2**30:.2f} GiB; requirements-{variant}.txt pins "
+              f"{len(lines)} dependencies by sha256")
 
 
 def sha256(path: Path) -> str:

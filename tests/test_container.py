@@ -29,6 +29,8 @@ STORAGE = Path("/var/tmp/captioner-podman")
 BASE = "localhost/captioner-base:bookworm"
 IMAGE = "localhost/captioner:test"
 MEMORY_LIMIT = "2g"
+MEMORY_BUDGET = 400 * 2**20  # what the CPU image may hold after a caption (issue 30)
+IMAGE_BUDGET = 800e6  # bytes: the CPU image, as podman counts them
 PHOTO = ROOT.parent / "shared" / "data" / "flickr8k" / "Images" / "1000268201_693b08cb0e.jpg"
 
 missing = [tool for tool in ("podman", "mmdebstrap") if not shutil.which(tool)]
@@ -90,7 +92,8 @@ def image(wheelhouse, tmp_path_factory, figures) -> str:
     cached = result.stdout.count("Using cache")
     size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
     figures.append(f"container: image built in {time.perf_counter() - started:.0f} s ({cached} steps from the layer cache), "
-                   f"{size / 1e9:.2f} GB")
+                   f"{size / 1e6:.0f} MB")
+    assert size <= IMAGE_BUDGET, f"the CPU image is {size / 1e6:.0f} MB"
     return IMAGE
 
 
@@ -123,7 +126,7 @@ def test_the_container_captions_a_photo_as_the_weights_do_in_process(container, 
     response = httpx.post(f"{url}/v1/captions", files={"image": ("photo.jpg", PHOTO.read_bytes(), "image/jpeg")}, timeout=60)
     assert response.status_code == 200, response.text
 
-    from model.captioner import Captioner  # the same weights, in this process
+    from runtime.captioner import Captioner  # the same weights, in this process
 
     with Image.open(PHOTO) as photo:
         [[(expected, _)]] = Captioner.load(WEIGHTS, "cpu").caption([photo.convert("RGB")])
@@ -131,7 +134,16 @@ def test_the_container_captions_a_photo_as_the_weights_do_in_process(container, 
     logs = podman("logs", name)
     assert "CNN through openvino-" in logs.stdout + logs.stderr  # the fast runtime loads in the image too
     memory = podman("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
-    figures.append(f"container: ready {seconds_to_ready:.1f} s after start; memory after a caption {memory}")
+    used = int(podman("exec", name, "sh", "-c", "cat /sys/fs/cgroup/memory.current 2>/dev/null "  # the container's cgroup: v2, or v1
+                      "|| cat /sys/fs/cgroup/memory/memory.usage_in_bytes").stdout)
+    assert used < MEMORY_BUDGET, f"{used / 2**20:.0f} MiB after one caption"
+    figures.append(f"container: ready {seconds_to_ready:.1f} s after start; memory after a caption {memory} "
+                   f"(cgroup {used / 2**20:.0f} MiB)")
+
+
+def test_the_cpu_image_holds_no_torch(image):
+    found = podman("run", "--rm", image, "python", "-c", "import importlib.util; print(importlib.util.find_spec('torch'))")
+    assert found.stdout.strip() == "None"
 
 
 def test_the_container_runs_as_a_user_and_its_healthcheck_passes(container):

@@ -20,7 +20,7 @@ def test_serves_the_app_without_debug_flags():
 
 def test_weights_are_baked_in_and_checked_and_data_is_not():
     assert "COPY weights/ weights/" in DOCKERFILE
-    assert any("python -m model.weights weights" in run for run in instructions("RUN"))
+    assert any("python -m runtime.weights weights" in run for run in instructions("RUN"))
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"data", "cache", "runs", ".venv"} <= set(ignored)
 
@@ -33,3 +33,10 @@ def test_hadolint_finds_nothing():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_one_dockerfile_builds_the_cpu_image_by_default_and_the_gpu_one_by_argument():
+    assert "VARIANT=cpu" in instructions("ARG")
+    assert any("requirements-${VARIANT}.txt" in copy for copy in instructions("COPY"))
+    wheelhouse = (ROOT / "scripts" / "wheelhouse.py").read_text()
+    assert "requirements-{variant}.txt" in wheelhouse and '"--gpu"' in wheelhouse
