@@ -47,24 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(args.checkout) < 2:
         p.error("give --checkout at least twice")
-    checkouts = [folder.resolve() for folder in args.checkout]
+    checkouts = [folder.resolve() for folder in args.checkout]  # one folder twice: an A/A run, the noise alone
     jpeg = test_photo(args)
-    runs: dict[Path, list[dict]] = {folder: [] for folder in checkouts}
+    runs: list[list[dict]] = [[] for _ in checkouts]
     for round_ in range(args.rounds):
-        turned = checkouts[round_ % len(checkouts):] + checkouts[:round_ % len(checkouts)]
-        for folder in turned:
-            print(f"round {round_ + 1}: {folder} ...", flush=True)
-            runs[folder].append(time_checkout(folder, jpeg, args))
+        turn = round_ % len(checkouts)
+        for index in [*range(turn, len(checkouts)), *range(turn)]:
+            print(f"round {round_ + 1}: {checkouts[index]} ...", flush=True)
+            runs[index].append(time_checkout(checkouts[index], jpeg, args))
 
     keys = ("p50_ms", "images_per_s", "loaded_p50_ms", "server_cpu_ms_per_request")
     rows = [[str(folder)] + [f"{statistics.median(r[key] for r in results):.1f} "
                              f"({min(r[key] for r in results):.1f}-{max(r[key] for r in results):.1f})" for key in keys]
-            for folder, results in runs.items()]
+            for folder, results in zip(checkouts, runs)]
     print_table(f"median (range) of {args.rounds} rounds; photo: {args.photo or 'synthetic 640x480'}",
                 ["checkout", "p50 ms, 1 client", f"images/s, {args.clients} clients", "p50 ms loaded", "server CPU ms/request"],
                 rows)
     write_json(args.json, {"photo": str(args.photo or "synthetic"), "rounds": args.rounds,
-                           "checkouts": {str(folder): results for folder, results in runs.items()}})
+                           "checkouts": [{"folder": str(folder), "runs": results} for folder, results in zip(checkouts, runs)]})
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from bench import beam, encoders, latency, startup, throughput, train
+from bench import ab, beam, encoders, latency, startup, throughput, train
 from bench.common import serving_beam_size
 from tests.conftest import ROOT
 
@@ -46,6 +46,16 @@ def test_latency(tmp_path):
     assert results["server_cpu_ms_per_request"] > 0
     assert set(results["speedup"]) == {"p50", "p90", "p99"}
     assert_positive(results["speedup"])
+
+
+def test_ab_times_each_checkout_once_a_round(tmp_path):
+    results = run(ab, tmp_path, "--checkout", str(ROOT), "--checkout", ".", "--rounds", "2", "--requests", "3",
+                  "--clients", "2", "--load-requests", "4", "--warmup", "1")
+    assert results["rounds"] == 2 and len(results["checkouts"]) == 2  # one folder twice: an A/A run
+    assert [len(checkout["runs"]) for checkout in results["checkouts"]] == [2, 2]
+    for timed in (timed for checkout in results["checkouts"] for timed in checkout["runs"]):
+        assert timed["errors"] == 0
+        assert_positive({key: timed[key] for key in ("p50_ms", "images_per_s", "loaded_p50_ms", "server_cpu_ms_per_request")})
 
 
 def test_throughput(tmp_path):
