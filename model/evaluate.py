@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag-threshold", type=float,
                         help="calibrated probability from which a tag is shown and may be forced (default: the weights')")
     parser.add_argument("--forced-tags", type=int, help="the most tags a guided caption must say (default: the weights')")
+    parser.add_argument("--state-beam-size", type=int,
+                        help="beams each state of a guided search keeps, at most --beam-size; 0: the beam size (default: the weights')")
     parser.add_argument("--set-defaults", action="store_true",
                         help="record this decoding as the weights' serving default, and these scores in their manifest")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     decoding = captioner.decoding.but(beam_size=args.beam_size, length_penalty=args.length_penalty,
                                       block_ngram=args.block_ngram, max_length=args.max_length,
                                       consensus_weight=args.consensus_weight, guided=args.guided,
-                                      tag_threshold=args.tag_threshold, forced_tags=args.forced_tags)
+                                      tag_threshold=args.tag_threshold, forced_tags=args.forced_tags,
+                                      state_beam_size=args.state_beam_size)
     scores, predictions = evaluate_split(captioner, items, decoding)
     scores |= synthetic_scores(Path(args.data), predictions)
     shown = ", ".join(f"{name} {value}" for name, value in decoding.to_dict().items())

@@ -55,6 +55,7 @@ def beam_search(
     length_penalty: float = 0.0,
     block_ngram: int = 0,
     constraints: Sequence[Sequence[Sequence[int]]] | None = None,
+    state_beam_size: int | None = None,
 ) -> list[list[Hypothesis]]:
     """features [B, D] -> per image, the best `num_captions` distinct hypotheses, best first.
 
@@ -63,7 +64,8 @@ def beam_search(
     block_ngram=n > 0 forbids a word that would repeat an n-gram already in the sentence
     ("a man in a red shirt and a red shirt" with n=3); 0 allows repeats.
     constraints: per image, the word-id sets its caption must each take a word from (the module's
-    docstring); None or empty lists: none."""
+    docstring); None or empty lists: none. state_beam_size: the beams each state of a constrained
+    image keeps (None: beam_size); such an image gets at most that many hypotheses."""
     if not 1 <= num_captions <= beam_size:
         raise ValueError(f"num_captions must be between 1 and beam_size ({beam_size}), got {num_captions}")
     B, K = len(features), beam_size
@@ -78,10 +80,12 @@ def beam_search(
             alike = beam_search(search, features[rows], start_id=start_id, end_id=end_id, banned_ids=banned_ids,
                                 beam_size=beam_size, max_length=max_length, num_captions=num_captions,
                                 length_penalty=length_penalty, block_ngram=block_ngram,
-                                constraints=[constraints[b] for b in rows])
+                                constraints=[constraints[b] for b in rows], state_beam_size=state_beam_size)
             for b, hypotheses in zip(rows, alike):
                 found[b] = hypotheses
         return found
+    if state_beam_size and any(constraints):
+        K, num_captions = state_beam_size, min(num_captions, state_beam_size)
     transitions = _transitions(constraints, V)  # [B, S, S, V]
     S = transitions.shape[1]
     targets = np.array([2 ** len(per_image) - 1 for per_image in constraints], np.int64)  # [B]: all met

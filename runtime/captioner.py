@@ -58,6 +58,8 @@ def describe(search: Search, vocab: Vocab, features: np.ndarray, decoding: Decod
         length_penalty=decoding.length_penalty,
         block_ngram=decoding.block_ngram,
         constraints=constraints,
+        # never fewer beams than the captions asked for
+        state_beam_size=max(min(decoding.state_beam_size or decoding.beam_size, decoding.beam_size), num_captions),
     )
     captions = [[(vocab.decode(h.tokens), h.log_prob) for h in per_image] for per_image in hypotheses]
     if decoding.consensus_weight:

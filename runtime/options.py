@@ -26,6 +26,9 @@ class Decoding:
     guided: bool = False  # the caption must say the first forced_tags tags (runtime.tags, runtime.beam's constrained search)
     tag_threshold: float = 0.5  # a tag is shown, and may be forced, from this calibrated probability on
     forced_tags: int = 1  # the most tags a guided caption must say, best first
+    # the beams each state of a guided search keeps, at most beam_size (0: beam_size): a guided image
+    # runs a group of beams per state, so its search costs what that many rows cost
+    state_beam_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -181,3 +181,16 @@ def test_a_constraint_that_cannot_fit_gives_the_plain_caption():
     kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=3, max_length=1)
     two_words = search(decoder, features, constraints=[[[4], [5]]], **kwargs)[0][0].tokens
     assert len(two_words) == 1 and two_words[0] in (4, 5)  # one of the two, as much as one word can hold
+
+
+def test_state_beam_size_narrows_only_the_constrained_images():
+    """A guided image keeps state_beam_size beams per state, and so gets at most that many
+    captions, each with the word; the plain images of the same batch search as wide as before."""
+    decoder = tiny_decoder(8)
+    features = torch.randn(3, 3)
+    kwargs = dict(start_id=START, end_id=END, banned_ids=(PAD, START, UNK), beam_size=4, max_length=4, num_captions=4)
+    plain = search(decoder, features, **kwargs)
+    narrowed = search(decoder, features, constraints=[[], [[6]], []], state_beam_size=2, **kwargs)
+    assert [[h.tokens for h in per_image] for per_image in (narrowed[0], narrowed[2])] == \
+        [[h.tokens for h in per_image] for per_image in (plain[0], plain[2])]
+    assert len(narrowed[1]) == 2 and all(6 in h.tokens for h in narrowed[1])

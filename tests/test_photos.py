@@ -99,7 +99,8 @@ def test_evaluate_scores_val_and_sets_the_serving_decoding(trained, photos, tmp_
     assert "beam_size 2" in result.stdout and "CIDEr" in result.stdout
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "block_ngram": 2, "max_length": 20,
-                                    "consensus_weight": 0.0, "guided": False, "tag_threshold": 0.5, "forced_tags": 1}
+                                    "consensus_weight": 0.0, "guided": False, "tag_threshold": 0.5, "forced_tags": 1,
+                                    "state_beam_size": 0}
     assert manifest["scores"]["val"]["block_ngram"] == 2
     again = run("-m", "model.evaluate", "--weights", str(weights), "--data", str(photos), "--split", "val")  # no flags: the weights' decoding
     assert "beam_size 2, length_penalty 0.0, block_ngram 2" in again.stdout

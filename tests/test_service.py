@@ -267,6 +267,7 @@ def test_model_info(server):
     assert info["decoding"]["beam_size"] >= 1
     assert info["decoding"]["consensus_weight"] > 0 and info["consensus"]["fitted_on"] == "6000 Flickr8k training photos"
     assert info["decoding"]["guided"] is True and 0 < info["decoding"]["tag_threshold"] < 1
+    assert 1 <= info["decoding"]["state_beam_size"] < info["decoding"]["beam_size"]
     tags = info["tags"]
     assert tags["available"] is True and "WordNet 3.0" in tags["map"]
     assert tags["calibration"]["slope"] > 0 and "training photos" in tags["fitted_on"]
@@ -283,6 +284,9 @@ def test_a_photo_gets_its_tags_and_a_caption_that_says_the_first(server, photo, 
     assert 0 <= guided["captions"][0]["confidence"] <= 1
     plain = post(server, data, content_type="image/jpeg", guided="false").json()
     assert plain["tags"] == guided["tags"]  # tags come either way; only the caption changes
+    # a guided search keeps fewer beams per state (decoding.state_beam_size), never fewer than the captions asked
+    asked = post(server, data, content_type="image/jpeg", num_captions=5).json()["captions"]
+    assert len(asked) == 5 and all(word in caption["text"].split() for caption in asked)
 
 
 def test_a_photo_without_confident_tags_gets_a_plain_caption_and_no_tags(server):
