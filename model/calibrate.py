@@ -61,10 +61,13 @@ from runtime.weights import MANIFEST_FILE, WeightsError, read_manifest, write_ma
 MIN_TAG_PROBABILITY = 0.01  # below it a word is never near being shown: its pairs would only swamp the fit
 
 
-def tag_pairs(captioner: Captioner, items: list[ImageCaptions]) -> tuple[torch.Tensor, torch.Tensor]:
+Photos = tuple[list[ImageCaptions], np.ndarray]  # photos that could be read, and their features [N, D] (served_features)
+
+
+def tag_pairs(captioner: Captioner, photos: Photos) -> tuple[torch.Tensor, torch.Tensor]:
     """Each (photo, word) of summed probability >= MIN_TAG_PROBABILITY: that probability [N], and
     whether a human caption of the photo says the word [N]."""
-    items, features, _ = served_features(captioner, items)
+    items, features = photos
     summed = torch.from_numpy(captioner.tagger.word_probabilities(features)[0])  # [B, W]
     words = captioner.tagger.words
     said = torch.tensor([[word in spoken for word in words] for spoken in (words_said(item.captions, words) for item in items)],
@@ -73,20 +76,20 @@ def tag_pairs(captioner: Captioner, items: list[ImageCaptions]) -> tuple[torch.T
     return summed[kept], said[kept]
 
 
-def fit_tags(captioner: Captioner, train: list[ImageCaptions], held_out: dict[str, list[ImageCaptions]]) -> dict:
+def fit_tags(captioner: Captioner, train: Photos, held_out: dict[str, Photos]) -> dict:
     """The tags' Platt scaling, fitted on `train`, and its reliability on each held-out set."""
     probabilities, said = tag_pairs(captioner, train)
     logits = torch.logit(probabilities.double().clamp(1e-9, 1 - 1e-9))
     weights, bias = logistic(logits[:, None], said)
     calibration = TagCalibration(round(weights.item(), 4), round(bias, 4))
     report = {"calibration": calibration.to_dict(),
-              "fitted_on": f"{len(train)} training photos, {len(said)} (photo, word) pairs of summed probability >= "
+              "fitted_on": f"{len(train[0])} training photos, {len(said)} (photo, word) pairs of summed probability >= "
                            f"{MIN_TAG_PROBABILITY}; a word is right when a human caption says it or its plural",
               "held_out": {}}
-    for name, items in held_out.items():
-        probabilities, said = tag_pairs(captioner, items)
+    for name, photos in held_out.items():
+        probabilities, said = tag_pairs(captioner, photos)
         ece, bins = reliability(calibration(probabilities.numpy()).tolist(), said.tolist())
-        report["held_out"][name] = {"photos": len(items), "pairs": len(said), "expected_calibration_error": round(ece, 4),
+        report["held_out"][name] = {"photos": len(photos[0]), "pairs": len(said), "expected_calibration_error": round(ece, 4),
                                     "reliability": bins}
     return report
 
@@ -157,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(confidence, indent=2))
     tags = None
     if captioner.tagger is not None:
-        held_out = {dataset.name: val}
+        held_out = {dataset.name: (items, features)}  # the validation photos, read once above
         if args.tags_held_out:
             other = load_dataset(args.tags_held_out)
-            held_out[other.name] = other.split("val")
-        tags = fit_tags(captioner, train, held_out)
+            held_out[other.name] = served_features(captioner, other.split("val"))[:2]
+        tags = fit_tags(captioner, served_features(captioner, train)[:2], held_out)
         print(json.dumps(tags, indent=2))
     if args.save:
         manifest = read_manifest(args.weights)

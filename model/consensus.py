@@ -42,12 +42,11 @@ def fit(features: np.ndarray, references: Sequence[Sequence[Sequence[str]]]) -> 
 
 
 def save(reranker: ConsensusReranker, path: Path) -> None:
-    tensors = {"idf": np.array(reranker.idf, np.float32), "feature_mean": reranker.feature_mean,
-               "feature_std": reranker.feature_std,
+    tensors = {"idf": np.array(reranker.idf, np.float32), "feature_mean": reranker.feature_mean.astype(np.float32),
+               "feature_std": reranker.feature_std.astype(np.float32),
                "weight": reranker.weight.astype(np.float16)}  # fp16 halves the file; agreements move by under 1e-3 (tests)
     # One metadata key: safetensors writes several in a random order (safetensors issue 584), and the
     # manifest's sha256 of this file should not change when the same reranker is fitted again.
     metadata = {"reranker": json.dumps({"grams": [" ".join(gram) for gram in reranker.grams], "rare_idf": reranker.rare_idf,
                                         "mean_length": reranker.mean_length})}
-    atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v, np.float32 if k != "weight" else np.float16)
-                                              for k, v in tensors.items()}, tmp, metadata))
+    atomic_write(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata))

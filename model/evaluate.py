@@ -67,6 +67,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from tqdm import tqdm
 
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.features import report_skipped
 from runtime.beam import Search
 from runtime.captioner import Captioner, describe
 from runtime.images import ImageRejected, decode_image
@@ -113,11 +114,12 @@ def served_features(captioner: Captioner, items: list[ImageCaptions], batch_size
             kept.append(item)
         except (ImageRejected, OSError) as error:
             skipped.append(f"{item.image_path}: {error}")
-        if len(batch) == batch_size or (item is items[-1] and batch):
+        if len(batch) == batch_size:
             features.append(captioner.encode_pixels(np.stack(batch)))
             batch = []
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable images:" + "".join(f"\n  {line}" for line in skipped[:20]), file=sys.stderr)
+    if batch:
+        features.append(captioner.encode_pixels(np.stack(batch)))
+    report_skipped(skipped)
     return kept, np.concatenate(features) if features else np.zeros((0, 0), np.float32), len(skipped)
 
 

@@ -127,19 +127,20 @@ def _table(features: torch.Tensor, paths: list[Path], kept: torch.Tensor) -> Fea
     return FeatureTable(features, [p for p, k in zip(paths, kept) if k], [p for p, k in zip(paths, kept) if not k])
 
 
-def report_skipped(table: FeatureTable, shown: int = 20) -> None:
-    """Name the images the table lacks, on stderr: a skipped photo is never a silent drop."""
-    if table.skipped:
-        names = "".join(f"\n  {path}" for path in table.skipped[:shown])
-        more = f"\n  ... and {len(table.skipped) - shown} more" if len(table.skipped) > shown else ""
-        print(f"skipped {len(table.skipped)} unreadable images:{names}{more}", file=sys.stderr)
+def report_skipped(skipped: list, shown: int = 20) -> None:
+    """Name the images that could not be read (paths, or lines that say why), on stderr: a skipped
+    photo is never a silent drop."""
+    if skipped:
+        names = "".join(f"\n  {path}" for path in skipped[:shown])
+        more = f"\n  ... and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        print(f"skipped {len(skipped)} unreadable images:{names}{more}", file=sys.stderr)
 
 
 def readable_features(encoder: Encoder, items: list, cache_dir: Path) -> tuple[list, torch.Tensor, int]:
     """The items (model.data.ImageCaptions) whose photos could be read, in order, their features
     [N, D] as training sees them (cached), and how many were skipped (named on stderr)."""
     table = extract_features(encoder, [item.image_path for item in items], cache_dir)
-    report_skipped(table)
+    report_skipped(table.skipped)
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
     return items, table.features[[rows[item.image_path] for item in items]], len(table.skipped)

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = views()
     table = tables[0]  # plain: the view validated and served
     if is_main:
-        report_skipped(table)
+        report_skipped(table.skipped)
 
     if checkpoint is not None:
         vocab = Vocab(checkpoint["vocab"])

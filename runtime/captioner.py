@@ -26,7 +26,7 @@ from runtime.preprocess import Preprocessing
 from runtime.tags import Tag, TagCalibration, Tagger, TagMapError
 from runtime.vocab import Vocab, tokenize
 from runtime.weights import (
-    CNN_GRAPH_FILE, VOCAB_FILE, WeightsError, load_cnn_tensors, load_reranker, load_tag_map, preprocessing, require_export, verify,
+    CNN_GRAPH_FILE, VOCAB_FILE, WeightsError, load_cnn_tensors, load_reranker, load_tag_map, require_export, verify,
 )
 
 logger = logging.getLogger("captioner")
@@ -164,8 +164,8 @@ class Captioner:
             logger.warning("tags: none: %s", no_tags_reason)
         device = resolve_device(device)
         cnn = CNN.load(directory / CNN_GRAPH_FILE, (tensors["probe.pixels"], tensors["probe.features"]), runtime)
-        return cls(cnn, preprocessing(export), build_search(decoder, device, precision), vocab, manifest, reranker, tagger,
-                   no_tags_reason, device)
+        return cls(cnn, Preprocessing.from_dict(export["preprocessing"]), build_search(decoder, device, precision), vocab,
+                   manifest, reranker, tagger, no_tags_reason, device)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """A photo -> the CNN's pixels [3, size, size] (runtime.preprocess)."""

@@ -96,11 +96,7 @@ class ArrayStep:
         return self.xp.astype(x @ self.image_weight_t + self.image_bias, self.xp.float32)
 
     def start(self, image_gates, rows_per_image: int):
-        """The zero state for rows_per_image rows of each image: W_h h [N, 4H], c [N, H], W_ih v + b [N, 4H]."""
-        xp, (B, G) = self.xp, image_gates.shape
-        repeated = xp.reshape(xp.broadcast_to(image_gates[:, None, :], (B, rows_per_image, G)), (B * rows_per_image, G))
-        zeros = xp.zeros_like(repeated)
-        return zeros, zeros[:, : G // 4], repeated
+        return zero_state(image_gates, rows_per_image)
 
     def step(self, tokens: np.ndarray, state):
         """tokens [N] -> next-word log-probabilities [N, V] (numpy, fp32) and the new state."""
@@ -122,6 +118,15 @@ class ArrayStep:
         index = self.asarray(np.asarray(rows, np.int64))
         recurrent, c, image_gates = state
         return recurrent[index], c[index], image_gates
+
+
+def zero_state(image_gates, rows_per_image: int):
+    """The state a search starts from, in image_gates' array library, for rows_per_image rows of each
+    image: W_h h [N, 4H] and c [N, H] at zero, and each image's W_ih v + b [B, 4H] repeated [N, 4H]."""
+    xp, (B, G) = array_namespace(image_gates), image_gates.shape
+    repeated = xp.reshape(xp.broadcast_to(image_gates[:, None, :], (B, rows_per_image, G)), (B * rows_per_image, G))
+    zeros = xp.zeros_like(repeated)
+    return zeros, zeros[:, : G // 4], repeated
 
 
 def _sigmoid(xp, x):

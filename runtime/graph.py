@@ -21,7 +21,7 @@ import threading
 import numpy as np
 
 from runtime.cnn import cpu_threads, drift, openvino_core
-from runtime.decoder import FrozenDecoder, quantize
+from runtime.decoder import ArrayStep, FrozenDecoder, quantize, zero_state
 
 PRECISIONS = ("int8", "fp32")  # the graph's matmuls; int8 first: it reads a quarter of fp32's bytes a step
 # ||y - y_fp32|| / ||y_fp32|| allowed per row when a layer is checked at load: int8 is at about 0.01 here,
@@ -58,9 +58,7 @@ class BeamGraph:
             return self._image_request.infer([np.ascontiguousarray(features, np.float32)])[0].copy()
 
     def start(self, image_gates: np.ndarray, rows_per_image: int):
-        """The zero state for rows_per_image rows of each image (runtime.decoder.ArrayStep.start)."""
-        repeated = np.repeat(image_gates, rows_per_image, axis=0)
-        return np.zeros_like(repeated), np.zeros((len(repeated), repeated.shape[1] // 4), np.float32), repeated
+        return zero_state(image_gates, rows_per_image)
 
     def search(self, tokens: np.ndarray, state, scores: np.ndarray, transitions: np.ndarray, targets: np.ndarray,
                banned_first: np.ndarray, banned: np.ndarray, only_end: np.ndarray, end_id: int, max_length: int,
@@ -79,33 +77,27 @@ class BeamGraph:
 
     def _check(self, decoder: FrozenDecoder) -> None:
         """OpenVINO compiles for any CPU and makes its kernels at the first call: call both graphs
-        here, so that a CPU they cannot run on fails them at load, not a request. The layers'
-        outputs, on a few rows and on many, must be the fp32 decoder's within MAX_DRIFT."""
+        here, so that a CPU they cannot run on fails them at load, not a request. Against numpy's
+        fp32 step (the reference): the image layer, on a few rows and on many, within MAX_DRIFT."""
+        reference = ArrayStep(decoder)
         generator = np.random.default_rng(0)
         H, V = decoder.hidden_dim, decoder.vocab_size
         for rows in PROBE_ROWS:
             features = generator.standard_normal((rows, decoder.image_weight.shape[1]), np.float32)
-            moved = drift(self.image_gates(features), features @ decoder.image_weight.T + decoder.image_bias)
+            moved = drift(self.image_gates(features), reference.image_gates(features))
             if not moved <= MAX_DRIFT[self.precision]:
                 raise RuntimeError(f"the {self.precision} decoder graph's image layer is {moved:.1e} from fp32 on {rows} "
                                    f"probe rows (allowed {MAX_DRIFT[self.precision]})")
-        # One step of one beam from the zero state: its score is the best log-probability of the stacked layer on h
-        gates = generator.standard_normal((2, 4 * H), np.float32)
-        got, _ = self.search(np.zeros(2, np.int64), self.start(gates, 1), np.zeros((2, 1), np.float32),
+        # One step of one beam from the zero state: its score is the step's best log-probability
+        state = zero_state(generator.standard_normal((2, 4 * H), np.float32), 1)
+        got, _ = self.search(np.zeros(2, np.int64), state, np.zeros((2, 1), np.float32),
                              np.zeros((2, 1, 1, V), np.float32), np.zeros(2, np.int64), *(np.zeros(V, np.float32) for _ in range(3)),
                              end_id=0, max_length=1, block_ngram=0)
-        i, _, g, o = np.split(gates + decoder.word_gates[0], 4, axis=1)
-        h = _sigmoid(o) * np.tanh(_sigmoid(i) * np.tanh(g))
-        logits = (h @ decoder.stacked.T + decoder.stacked_bias)[:, 4 * H:]
-        best = -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))  # the top log-softmax
-        moved = float(np.abs(got[:, 0] - best).max())
+        log_probs, _ = reference.step(np.zeros(2, np.int64), state)
+        moved = float(np.abs(got[:, 0] - log_probs.max(1)).max())
         if not moved <= MAX_STEP_DRIFT[self.precision]:
             raise RuntimeError(f"the {self.precision} decoder graph's first step scores {moved:.1e} away from the fp32 "
                                f"decoder's on the probe (allowed {MAX_STEP_DRIFT[self.precision]})")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
 
 
 def _matmul(x, weight: np.ndarray, bias: np.ndarray, precision: str):

@@ -16,7 +16,6 @@ from runtime.confidence import Calibration
 from runtime.consensus import RERANKER_FILE, ConsensusReranker
 from runtime.decoder import CONFIG_FILE, DECODER_FILE
 from runtime.files import atomic_write, sha256_file
-from runtime.preprocess import Preprocessing
 from runtime.tags import TAGS_FILE, read_tag_map
 
 VOCAB_FILE = "vocab.json"
@@ -107,10 +106,6 @@ def load_cnn_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(Path(directory) / CNN_TENSORS_FILE)
-
-
-def preprocessing(export: dict) -> Preprocessing:
-    return Preprocessing.from_dict(export["preprocessing"])
 
 
 def load_tag_map(directory: str | Path, manifest: dict) -> dict | None:

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     encoder = build_encoder(runtime="eager")  # Lite0, head-mean: the shipped encoder
     # The pooled features (model.train's cache) say which photos are readable and check the maps.
     table = extract_features(encoder, [item.image_path for item in train_items + val_items], args.cache_dir)
-    report_skipped(table)
+    report_skipped(table.skipped)
     started = time.time()
     maps = last_block_maps(encoder, table.paths)  # [N, 49, 320], rows as table.paths
     rows = table.rows()

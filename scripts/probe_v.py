@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = table.rows()
         kept = [[i for i, p in enumerate(paths) if p in rows] for paths in (train_paths, val_paths)]  # unreadable: skipped
         if n == 0:
-            report_skipped(table)
+            report_skipped(table.skipped)
             print(f"{len(kept[0])} training and {len(kept[1])} validation {what}")
         train_x = table.features[[rows[train_paths[i]] for i in kept[0]]]
         val_x = table.features[[rows[val_paths[i]] for i in kept[1]]]
