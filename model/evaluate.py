@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("beam_size", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.block_ngram is not None and args.block_ngram < 0:
-        parser.error("--block-ngram must be 0 or more")
+    for name in ("block_ngram", "state_beam_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more")
 
     try:
         dataset = load_dataset(args.data)

@@ -50,3 +50,10 @@ def test_missing_weights_or_data_get_one_line_not_a_traceback(command, weights, 
     result = subprocess.run([sys.executable, *command, "--weights", weights, *data_args], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--block-ngram", "--state-beam-size"])
+def test_evaluate_refuses_a_negative_count_in_one_line(flag):
+    result = subprocess.run([sys.executable, "-m", "model.evaluate", "--data", "x", flag, "-1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"error: {flag} must be 0 or more" in result.stderr and "Traceback" not in result.stderr
