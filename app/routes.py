@@ -8,7 +8,6 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -89,10 +88,8 @@ async def create_captions(
         raise HTTPException(422, f"num_captions ({num_captions}) must not exceed beam_size ({decoding.beam_size})")
     data = await image.read()
     try:
-        # A few at a time: decoding a 40-megapixel image briefly takes a few hundred MB, and the
-        # threadpool would otherwise run 40 at once.
-        async with request.app.state.decode_slots:
-            pixels = await run_in_threadpool(decode_and_preprocess, data, settings.max_pixels, captioner)
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            request.app.state.decoders, decode_and_preprocess, data, settings.max_pixels, captioner)
     except ImageRejected as rejected:
         raise HTTPException(rejected.status_code, rejected.detail) from None
     try:

@@ -23,6 +23,10 @@ logger = logging.getLogger("captioner")
 # a broken kernel or a wrong graph is at 1 or more.
 MAX_RUNTIME_DRIFT = {"fp32": 1e-4, "bf16": 0.2}
 RUNTIME_LABELS = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+# A runtime keeps the working memory of the largest batch it has run (OpenVINO: about 9 MiB a photo;
+# a process that had captioned 16 photos at once held 369 MiB, 258 run 2 at a time), and is as fast
+# per photo on 1 as on 16 (2.6-3.4 ms, 2-core EPYC): so a batch runs through it 2 photos at a time.
+PHOTOS_PER_RUN = 2
 Session = Callable[[np.ndarray], np.ndarray]  # NCHW fp32 pixels [B, 3, H, W] -> features [B, D]
 
 
@@ -57,7 +61,9 @@ class CNN:
         self.runtime = runtime  # openvino-bf16, openvino-fp32 or onnxruntime: what the service reports
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self._session(np.ascontiguousarray(pixels, np.float32))
+        pixels = np.ascontiguousarray(pixels, np.float32)
+        runs = [self._session(pixels[start:start + PHOTOS_PER_RUN]) for start in range(0, len(pixels), PHOTOS_PER_RUN)]
+        return np.concatenate(runs)  # [B, D]
 
     @classmethod
     def load(cls, graph: Path, probe: tuple[np.ndarray, np.ndarray], runtime: str = "auto") -> CNN:

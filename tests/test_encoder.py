@@ -252,3 +252,14 @@ def test_features_of_two_runtimes_never_share_a_cache_file(encoder, tmp_path):
     extract_features(encoder, [path], tmp_path / "cache")
     extract_features(build_encoder(runtime="eager"), [path], tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("features-*.safetensors"))) == 2
+
+
+def test_the_served_cnn_runs_a_batch_two_photos_at_a_time_and_gives_each_photo_its_own_features():
+    """Its runtime keeps the working memory of the largest batch it ran (runtime.cnn.PHOTOS_PER_RUN)."""
+    captioner = Captioner.load(WEIGHTS)
+    pixels = np.stack([captioner.preprocess(photo) for photo in photos() * 3][:5])  # [5, 3, 224, 224]
+    session, runs = captioner.cnn._session, []
+    captioner.cnn._session = lambda batch: runs.append(len(batch)) or session(batch)
+    together = captioner.encode_pixels(pixels)  # [5, D]
+    assert runs == [2, 2, 1]
+    np.testing.assert_array_equal(together, np.concatenate([session(pixels[i:i + 1]) for i in range(5)]))
