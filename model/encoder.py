@@ -40,7 +40,7 @@ from PIL import Image
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2 as T
 
-from runtime.cnn import MAX_RUNTIME_DRIFT, RUNTIME_LABELS, one_line, onnx_session, openvino_session
+from runtime.cnn import RUNTIME_LABELS, RuntimeUnavailable, checked_session, one_line
 from runtime.files import sha256_file
 from runtime.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES
 from runtime.preprocess import Preprocessing
@@ -278,22 +278,13 @@ def use_runtime(encoder: Encoder, runtime: str) -> None:
     probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = encoder.trunk(probe)
-    candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime == "onnxruntime":]
-    for index, (name, build) in enumerate(candidates):
-        try:
-            session, precision = build(export_onnx(encoder.trunk, size))
-            got = torch.from_numpy(session(probe.numpy()))
-            drift = ((got - expected).norm(dim=1) / expected.norm(dim=1)).max().item()
-            if not drift <= MAX_RUNTIME_DRIFT[precision]:
-                raise RuntimeError(f"its {precision} features differ from the eager path's by {drift:.1e} "
-                                   f"(allowed {MAX_RUNTIME_DRIFT[precision]:.0e})")
-        except Exception as error:  # ImportError, export and session errors, an unsupported CPU: the next runtime
-            instead = RUNTIME_LABELS[candidates[index + 1][0]] if index + 1 < len(candidates) else "eager PyTorch"
-            logger.warning("encoder runtime: %s, not %s: %s", instead, RUNTIME_LABELS[name], one_line(error))
-            continue
-        encoder.runtime = name if name == "onnxruntime" else f"{name}-{precision}"
-        encoder._session = session
-        return
+    try:
+        encoder._session, encoder.runtime = checked_session(export_onnx(encoder.trunk, size), (probe.numpy(), expected.numpy()),
+                                                            runtime)
+    except RuntimeUnavailable as error:
+        logger.warning("encoder runtime: eager PyTorch, not %s", error)
+    except Exception as error:  # the export itself: no runtime can take the CNN
+        logger.warning("encoder runtime: eager PyTorch: the CNN did not export to ONNX: %s", one_line(error))
 
 
 def export_onnx(trunk: nn.Module, size: int) -> bytes:

@@ -71,24 +71,35 @@ class CNN:
         openvino (OpenVINO, then ONNX Runtime), or onnxruntime."""
         if runtime not in ("auto", "openvino", "onnxruntime"):
             raise ValueError(f"the CPU runtime runs the CNN in openvino or onnxruntime, not {runtime!r}")
-        model = Path(graph).read_bytes()
-        pixels, expected = probe
-        candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime == "onnxruntime":]
-        for index, (name, build) in enumerate(candidates):
-            try:
-                session, precision = build(model)
-                moved = drift(session(pixels), expected)
-                if not moved <= MAX_RUNTIME_DRIFT[precision]:
-                    raise RuntimeError(f"its {precision} features differ from the exported ones by {moved:.1e} "
-                                       f"(allowed {MAX_RUNTIME_DRIFT[precision]:.0e})")
-            except Exception as error:  # ImportError, session errors, an unsupported CPU: the next runtime
-                if index + 1 == len(candidates):
-                    raise RuntimeUnavailable(f"no runtime runs {graph} here: {RUNTIME_LABELS[name]}: {one_line(error)}") from None
-                logger.warning("encoder runtime: %s, not %s: %s", RUNTIME_LABELS[candidates[index + 1][0]],
-                               RUNTIME_LABELS[name], one_line(error))
-                continue
-            return cls(session, name if name == "onnxruntime" else f"{name}-{precision}")
-        raise AssertionError("unreachable")
+        try:
+            return cls(*checked_session(Path(graph).read_bytes(), probe, runtime))
+        except RuntimeUnavailable as error:
+            raise RuntimeUnavailable(f"no runtime runs {graph} here: {error}") from None
+
+
+def checked_session(model: bytes, probe: tuple[np.ndarray, np.ndarray], runtime: str) -> tuple[Session, str]:
+    """The first runtime in line (OpenVINO, then ONNX Runtime; ONNX Runtime alone for runtime
+    onnxruntime) that loads the ONNX model and gives the probe's eager features (probe: pixels and
+    those features) within its precision's tolerance, and its name: openvino-bf16, openvino-fp32 or
+    onnxruntime. Each that fails gives way to the next with one log line; RuntimeUnavailable when
+    the last fails, naming it and why. The service's CNN (CNN.load) and training's (model.encoder)."""
+    pixels, expected = probe
+    candidates = [("openvino", openvino_session), ("onnxruntime", onnx_session)][runtime == "onnxruntime":]
+    for index, (name, build) in enumerate(candidates):
+        try:
+            session, precision = build(model)
+            moved = drift(session(pixels), expected)
+            if not moved <= MAX_RUNTIME_DRIFT[precision]:
+                raise RuntimeError(f"its {precision} features differ from the eager path's by {moved:.1e} "
+                                   f"(allowed {MAX_RUNTIME_DRIFT[precision]:.0e})")
+        except Exception as error:  # ImportError, session errors, an unsupported CPU: the next runtime
+            if index + 1 == len(candidates):
+                raise RuntimeUnavailable(f"{RUNTIME_LABELS[name]}: {one_line(error)}") from None
+            logger.warning("encoder runtime: %s, not %s: %s", RUNTIME_LABELS[candidates[index + 1][0]],
+                           RUNTIME_LABELS[name], one_line(error))
+            continue
+        return session, name if name == "onnxruntime" else f"{name}-{precision}"
+    raise AssertionError("unreachable")
 
 
 def onnx_session(model: bytes) -> tuple[Session, str]:

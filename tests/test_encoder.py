@@ -210,12 +210,12 @@ def test_onnx_runtime_gives_the_eager_paths_features(encoder, default_encoder):
 def test_a_runtime_that_cannot_serve_right_falls_back_to_eager_with_one_log_line(monkeypatch, caplog, failure):
     import sys
 
-    import model.encoder
+    import runtime.cnn
 
     if failure == "library missing":
         monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
     else:
-        monkeypatch.setattr(model.encoder, "MAX_RUNTIME_DRIFT", {"fp32": -1.0})  # no drift is small enough
+        monkeypatch.setattr(runtime.cnn, "MAX_RUNTIME_DRIFT", {"fp32": -1.0})  # no drift is small enough
     with caplog.at_level("WARNING", logger="captioner"):
         fallen = build_encoder(runtime="onnxruntime")
     assert fallen.runtime == "eager"
