@@ -31,7 +31,7 @@ from runtime.beam import Search
 from runtime.captioner import Captioner, describe
 from runtime.cnn import cpu_threads
 from runtime.decoder import ArrayStep, FrozenDecoder
-from runtime.graph import BeamGraph, _matmul, compile_on_cpu
+from runtime.graph import BeamGraph, layer_request
 
 BATCHED_IMAGES = (1, 4, 8, 16)  # the service batches about 1, 4 and 8 images at 1, 8 and 16 clients; 16 is its most
 WEIGHT_BYTES = {"int8": 1, "bf16": 2, "fp32": 4}
@@ -51,16 +51,13 @@ def searches(decoder: FrozenDecoder) -> dict[str, Search]:
     return found
 
 
-def one_step(search: Search, features: np.ndarray, tokens: np.ndarray, end_id: int) -> Callable[[], object]:
+def one_step(search: Search, features: np.ndarray, tokens: np.ndarray) -> Callable[[], object]:
     """A whole step for the beams of one image (features [1, D]), each beam at its word of tokens
-    [beams]: ArrayStep.step, or a graph's search of one step (the call's own cost included)."""
+    [beams]: ArrayStep.step, or a graph's search of one step (BeamGraph.one_step: the call's own cost included)."""
     state = search.start(search.image_gates(features), len(tokens))
-    if not isinstance(search, BeamGraph):
-        return lambda: search.step(tokens, state)
-    V = search.vocab_size
-    scores, none = np.zeros((1, len(tokens)), np.float32), np.zeros(V, np.float32)  # every beam live, nothing banned
-    return lambda: search.search(tokens, state, scores, np.zeros((1, 1, 1, V), np.float32), np.zeros(1, np.int64), none, none,
-                                 none, end_id=end_id, max_length=1, block_ngram=0)
+    if isinstance(search, BeamGraph):
+        return lambda: search.one_step(tokens, state, images=1)
+    return lambda: search.step(tokens, state)
 
 
 def stacked_matmul(search: Search, decoder: FrozenDecoder) -> Callable[[int], Callable[[], object]]:
@@ -72,12 +69,7 @@ def stacked_matmul(search: Search, decoder: FrozenDecoder) -> Callable[[int], Ca
         return generator.uniform(-1, 1, (rows, decoder.hidden_dim)).astype(np.float32)
 
     if isinstance(search, BeamGraph):
-        import openvino
-        import openvino.opset13 as ops
-
-        x = ops.parameter([-1, decoder.hidden_dim], openvino.Type.f32)
-        layer = openvino.Model([_matmul(x, decoder.stacked, decoder.stacked_bias, search.precision)], [x])
-        request = compile_on_cpu(layer).create_infer_request()
+        request = layer_request(decoder.stacked, decoder.stacked_bias, search.precision)
 
         def graph_call(rows: int) -> Callable[[], object]:
             inputs = [h(rows)]
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"weights": captioner.model_id, "vocabulary": len(vocab), "beams": beams, "parts_us": {}}
     for name, search in searches(decoder).items():
         matmul = stacked_matmul(search, decoder)
-        parts = {"step": median_us(one_step(search, features, tokens, vocab.end_id), args.repeats),
+        parts = {"step": median_us(one_step(search, features, tokens), args.repeats),
                  "matmul": median_us(matmul(beams), args.repeats)}
         weight_bytes = decoder.stacked.size * WEIGHT_BYTES[search.precision]
         caption_ms = statistics.median(

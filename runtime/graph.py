@@ -40,14 +40,9 @@ class BeamGraph:
     def __init__(self, decoder: FrozenDecoder, precision: str = "int8"):
         if precision not in PRECISIONS:
             raise ValueError(f"the decoder graph runs in {' or '.join(PRECISIONS)}, not {precision!r}")
-        import openvino
-        import openvino.opset13 as ops
-
         self.precision = precision
         self.vocab_size = decoder.vocab_size
-        x = ops.parameter([-1, decoder.image_weight.shape[1]], openvino.Type.f32)
-        image_layer = openvino.Model([_matmul(x, decoder.image_weight, decoder.image_bias, precision)], [x])
-        self._image_request = compile_on_cpu(image_layer).create_infer_request()
+        self._image_request = layer_request(decoder.image_weight, decoder.image_bias, precision)
         self._request = compile_on_cpu(_search_model(decoder, precision)).create_infer_request()
         self._request_lock = threading.Lock()
         self._check(decoder)
@@ -75,6 +70,16 @@ class BeamGraph:
             final_scores, words = outputs[0].copy(), outputs[1].copy()
         return final_scores, [[word for word in row if word >= 0] for row in words.tolist()]  # [B*K, steps]
 
+    def one_step(self, tokens: np.ndarray, state, images: int) -> np.ndarray:
+        """A search of one step from `state` for `images` images of len(tokens) // images beams each,
+        every beam live and nothing banned: the beams' scores after it [images, K]."""
+        V = self.vocab_size
+        nothing = np.zeros(V, np.float32)
+        scores, _ = self.search(tokens, state, np.zeros((images, len(tokens) // images), np.float32),
+                                np.zeros((images, 1, 1, V), np.float32), np.zeros(images, np.int64), nothing, nothing,
+                                nothing, end_id=0, max_length=1, block_ngram=0)
+        return scores
+
     def _check(self, decoder: FrozenDecoder) -> None:
         """OpenVINO compiles for any CPU and makes its kernels at the first call: call both graphs
         here, so that a CPU they cannot run on fails them at load, not a request. Against numpy's
@@ -90,14 +95,22 @@ class BeamGraph:
                                    f"probe rows (allowed {MAX_DRIFT[self.precision]})")
         # One step of one beam from the zero state: its score is the step's best log-probability
         state = zero_state(generator.standard_normal((2, 4 * H), np.float32), 1)
-        got, _ = self.search(np.zeros(2, np.int64), state, np.zeros((2, 1), np.float32),
-                             np.zeros((2, 1, 1, V), np.float32), np.zeros(2, np.int64), *(np.zeros(V, np.float32) for _ in range(3)),
-                             end_id=0, max_length=1, block_ngram=0)
+        got = self.one_step(np.zeros(2, np.int64), state, images=2)
         log_probs, _ = reference.step(np.zeros(2, np.int64), state)
         moved = float(np.abs(got[:, 0] - log_probs.max(1)).max())
         if not moved <= MAX_STEP_DRIFT[self.precision]:
             raise RuntimeError(f"the {self.precision} decoder graph's first step scores {moved:.1e} away from the fp32 "
                                f"decoder's on the probe (allowed {MAX_STEP_DRIFT[self.precision]})")
+
+
+def layer_request(weight: np.ndarray, bias: np.ndarray, precision: str):
+    """One layer alone, as the graph runs it (_matmul), compiled: an infer request for x [any, K] fp32
+    -> x weight^T + bias, weight [N, K]."""
+    import openvino
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, weight.shape[1]], openvino.Type.f32)
+    return compile_on_cpu(openvino.Model([_matmul(x, weight, bias, precision)], [x])).create_infer_request()
 
 
 def _matmul(x, weight: np.ndarray, bias: np.ndarray, precision: str):
