@@ -40,7 +40,8 @@ from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
 from model.features import extract_features
 from model.train import make_optimizer, train_step
-from runtime.options import DEFAULT_ENCODER
+from runtime.captioner import resolve_device
+from runtime.options import DEFAULT_ENCODER, DEVICES
 from runtime.vocab import SPECIALS, Vocab
 
 WARMUP_STEPS = 2  # the first steps allocate and pick kernels; an epoch has hundreds of steps
@@ -105,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive, default=128, help="captions per step (default 128, as model.train)")
     p.add_argument("--epochs-fraction", type=float, default=0.1, help="part of an epoch to time (default 0.1)")
     p.add_argument("--extract-images", type=positive, default=64, help="JPEG files for the extraction pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (auto: cuda where torch sees a GPU, else cpu)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda where torch sees a GPU, else cpu")
     args = p.parse_args(argv)
     if args.vocab_size <= len(SPECIALS):
         p.error(f"--vocab-size must be above {len(SPECIALS)} (the special tokens)")
     if args.epochs_fraction <= 0:
         p.error("--epochs-fraction must be positive")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = torch.device(resolve_device(args.device))
     encoder = build_encoder(DEFAULT_ENCODER, device)
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(args.images, encoder.feature_dim, generator=generator).to(device)
