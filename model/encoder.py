@@ -21,18 +21,14 @@ with one log line saying why.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib
 import io
 import logging
 import socket
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
