@@ -40,6 +40,7 @@ from runtime.cnn import RUNTIME_LABELS, RuntimeUnavailable, checked_session, one
 from runtime.files import sha256_file
 from runtime.options import DEFAULT_ENCODER, DEFAULT_POOLING, POOLINGS, RUNTIMES
 from runtime.preprocess import Preprocessing
+from runtime.weights import MANIFEST_FILE, WeightsError
 
 logger = logging.getLogger("captioner")
 class EncoderUnavailable(RuntimeError):
@@ -254,6 +255,20 @@ def build_encoder(
     encoder = _efficientnet_lite(name, pooling) if name in LITE_SIZES else _torchvision(name, pooling)
     encoder = encoder.to(device).to(memory_format=torch.channels_last)
     use_runtime(encoder, runtime)
+    return encoder
+
+
+def recorded_encoder(directory: str | Path, manifest: dict, device: str | torch.device = "cpu", runtime: str = "auto") -> Encoder:
+    """The encoder a weights folder's manifest names, built here (build_encoder). WeightsError where
+    the manifest names none, or where the encoder here is not the one whose features the decoder
+    was trained on (its fingerprint: weights, preprocessing, pooling)."""
+    recorded = manifest.get("encoder", {})
+    if not recorded.get("name") or not recorded.get("pooling"):
+        raise WeightsError(f"{Path(directory) / MANIFEST_FILE} names no encoder and pooling")
+    encoder = build_encoder(recorded["name"], device, recorded["pooling"], runtime)
+    if encoder.fingerprint != recorded.get("fingerprint"):
+        raise WeightsError(f"these weights were trained on features of encoder {recorded.get('fingerprint')!r}, "
+                           f"but the encoder here is {encoder.fingerprint!r}")
     return encoder
 
 

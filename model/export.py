@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
-from model.encoder import build_encoder, export_onnx
+from model.encoder import export_onnx, recorded_encoder
 from runtime.files import atomic_write, sha256_file
 from runtime.weights import CNN_GRAPH_FILE, CNN_TENSORS_FILE, MANIFEST_FILE, WeightsError, verify, write_manifest
 
@@ -43,13 +43,7 @@ def export(directory: str | Path) -> dict:
     """Write the CNN's graph and tensors into a verified weights folder and list them; returns the manifest."""
     directory = Path(directory)
     manifest = verify(directory)
-    recorded = manifest.get("encoder", {})
-    if not recorded.get("name") or not recorded.get("pooling"):
-        raise WeightsError(f"{directory / MANIFEST_FILE} names no encoder and pooling")
-    encoder = build_encoder(recorded["name"], "cpu", recorded["pooling"], runtime="eager")
-    if encoder.fingerprint != recorded.get("fingerprint"):
-        raise WeightsError(f"these weights were trained on features of encoder {recorded.get('fingerprint')!r}, "
-                           f"but the encoder here is {encoder.fingerprint!r}")
+    encoder = recorded_encoder(directory, manifest, runtime="eager")
     size = encoder.preprocessing.size
     pixels = torch.rand(PROBE_IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2  # about the normalised range
     with torch.inference_mode():

@@ -29,7 +29,7 @@ if __name__ == "__main__":  # --help answers before torch loads
 
 from model.consensus import MIN_PHOTOS, RIDGE, fit
 from model.data import DatasetFormatError, load_dataset
-from model.encoder import build_encoder
+from model.encoder import recorded_encoder
 from model.features import readable_features
 from model.weights import add_reranker
 from runtime.consensus import RERANKER_FILE
@@ -42,12 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         dataset = load_dataset(args.data)
-        manifest = verify(args.weights)
-        encoder = build_encoder(manifest["encoder"]["name"], "cpu", manifest["encoder"]["pooling"])
-    except (DatasetFormatError, WeightsError, FileNotFoundError, KeyError) as error:
+        encoder = recorded_encoder(args.weights, verify(args.weights))
+    except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
-    if encoder.fingerprint != manifest["encoder"].get("fingerprint"):
-        parser.exit(2, f"error: {args.weights} was trained on another encoder's features than {encoder.fingerprint}\n")
     train = dataset.split("train")
     if not train:
         parser.exit(2, f"error: {dataset.why_empty('train')}\n")
