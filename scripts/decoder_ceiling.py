@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.encoder import build_encoder
+from model.encoder import recorded_encoder
 from model.evaluate import caption_items, print_table, score_captions
 from model.features import readable_features
 from runtime.captioner import Captioner, describe
 from runtime.cider import CiderD
 from runtime.decoder import ArrayStep, FrozenDecoder
-from runtime.vocab import tokenize
-from runtime.weights import WeightsError
+from runtime.vocab import Vocab, tokenize
+from runtime.weights import VOCAB_FILE, WeightsError, verify
 
 
 class Ensemble:
@@ -44,7 +44,6 @@ class Ensemble:
     def __init__(self, members: list[ArrayStep]):
         self.members = members
         self.vocab_size = members[0].vocab_size
-        self.precision = "fp32"
 
     def image_gates(self, features: np.ndarray) -> list:
         return [member.image_gates(features) for member in self.members]
@@ -61,11 +60,17 @@ class Ensemble:
         return [member.select(part, rows) for member, part in zip(self.members, state)]
 
 
-def ensemble_captions(captioners: list[Captioner], folders: list[Path], features: np.ndarray) -> list[str]:
-    first = captioners[0]
-    for other in captioners[1:]:
-        if other.vocab.words != first.vocab.words or other.manifest["encoder"]["fingerprint"] != first.manifest["encoder"]["fingerprint"]:
-            raise SystemExit(f"error: {other.model_id} differs from {first.model_id} in vocabulary or image features")
+def check_ensemble(first: Captioner, others: list[Path]) -> None:
+    """WeightsError unless each other folder verifies and shares the first's vocabulary and image features."""
+    for folder in others:
+        manifest = verify(folder)
+        if Vocab.load(folder / VOCAB_FILE).words != first.vocab.words \
+                or manifest["encoder"]["fingerprint"] != first.manifest["encoder"]["fingerprint"]:
+            raise WeightsError(f"{manifest['model_id']} differs from {first.model_id} in vocabulary or image features")
+
+
+def ensemble_captions(first: Captioner, folders: list[Path], features: np.ndarray) -> list[str]:
+    """The first decoder's decoding over the ensemble of the decoders in folders (check_ensemble'd)."""
     ensemble = Ensemble([ArrayStep(FrozenDecoder.load(folder)) for folder in folders])
     return caption_items(ensemble, first.vocab, features, first.decoding, first.reranker)
 
@@ -102,12 +107,11 @@ def main() -> None:
         p.error("--candidates must be at least 1")
     try:
         dataset = load_dataset(args.data)
-        captioners = [Captioner.load(folder, "cpu", "fp32") for folder in args.weights]
+        first = Captioner.load(args.weights[0], "cpu", "fp32")
+        check_ensemble(first, args.weights[1:])
+        encoder = recorded_encoder(args.weights[0], first.manifest)
     except (DatasetFormatError, WeightsError, FileNotFoundError) as error:
         p.exit(2, f"error: {error}\n")
-    first = captioners[0]
-    recorded = first.manifest["encoder"]
-    encoder = build_encoder(recorded["name"], "cpu", recorded["pooling"])
     items, features, _ = readable_features(encoder, dataset.split("val"), args.cache_dir)
     features = features.numpy()
     references = {str(item.image_path): list(item.captions) for item in items}
@@ -124,7 +128,7 @@ def main() -> None:
         show(f"its {args.candidates} best beams reranked by the captions of the {args.neighbours} nearest training photos",
              neighbour_captions(first, features, train, train_features.numpy(), args.neighbours, args.candidates))
     else:
-        show(f"ensemble of {len(captioners)} decoders", ensemble_captions(captioners, args.weights, features))
+        show(f"ensemble of {len(args.weights)} decoders", ensemble_captions(first, args.weights, features))
 
 
 if __name__ == "__main__":
