@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 from model import consensus
 from model.decoder import Decoder, DecoderConfig
 from runtime.consensus import RERANKER_FILE, ConsensusReranker
-from runtime.decoder import CONFIG_FILE, DECODER_FILE
+from runtime.decoder import CONFIG_FILE, DECODER_FILE, read_config
 from runtime.files import atomic_write, sha256_file
 from runtime.tags import TAGS_FILE
 from runtime.vocab import Vocab
-from runtime.weights import EXPORT_FILES, VOCAB_FILE, verify, write_manifest
+from runtime.weights import OPTIONAL_FILES, REQUIRED_FILES, VOCAB_FILE, model_id, verify, write_manifest
 
 
 def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest: dict) -> dict:
@@ -27,10 +27,10 @@ def save_weights(directory: str | Path, decoder: Decoder, vocab: Vocab, manifest
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(decoder.config.to_dict(), indent=2) + "\n"))
     # The new manifest lists none: fit the reranker again (model.fit_reranker), map the tags to the new
     # vocabulary (model.tag_map), export the CNN (model.export)
-    for stale in (RERANKER_FILE, TAGS_FILE, *EXPORT_FILES):
+    for stale in OPTIONAL_FILES:
         (directory / stale).unlink(missing_ok=True)
-    files = {name: sha256_file(directory / name) for name in (DECODER_FILE, VOCAB_FILE, CONFIG_FILE)}
-    full = {"model_id": f"captioner-{files[DECODER_FILE][:12]}", **manifest, "files": files}
+    files = {name: sha256_file(directory / name) for name in REQUIRED_FILES}
+    full = {"model_id": model_id(files[DECODER_FILE]), **manifest, "files": files}
     write_manifest(directory, full)
     return full
 
@@ -39,7 +39,7 @@ def load_weights(directory: str | Path) -> tuple[Decoder, Vocab, dict]:
     """Verify, then load the decoder (in eval mode), the vocabulary and the manifest."""
     directory = Path(directory)
     manifest = verify(directory)
-    config = DecoderConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    config = DecoderConfig(**read_config(directory))
     decoder = Decoder(config)
     decoder.load_state_dict(load_file(directory / DECODER_FILE))
     return decoder.eval(), Vocab.load(directory / VOCAB_FILE), manifest

@@ -36,6 +36,11 @@ class NotExported(WeightsError):
     """The weights folder has no exported CNN: it was saved before the runtime served without torch."""
 
 
+def model_id(decoder_sha256: str) -> str:
+    """The name every caption is labelled with: the decoder's, from its file's sha256."""
+    return f"captioner-{decoder_sha256[:12]}"
+
+
 def write_manifest(directory: str | Path, manifest: dict) -> None:
     """Atomically: a kill mid-write must not leave half a manifest, which would refuse to load for good."""
     atomic_write(Path(directory) / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
@@ -83,10 +88,10 @@ def verify(directory: str | Path) -> dict:
                 f"{path} does not match its manifest (sha256 {actual[:16]}..., expected {str(sha256)[:16]}...): "
                 "the file is corrupt or was changed; restore it or retrain"
             )
-    model_id = f"captioner-{expected[DECODER_FILE][:12]}"
-    if manifest.get("model_id") != model_id:  # every caption is labelled with it: it must name these weights
+    named = model_id(expected[DECODER_FILE])
+    if manifest.get("model_id") != named:  # every caption is labelled with it: it must name these weights
         raise WeightsError(
-            f"{directory / MANIFEST_FILE}: model_id {manifest.get('model_id')!r} is not that of {DECODER_FILE} ({model_id})"
+            f"{directory / MANIFEST_FILE}: model_id {manifest.get('model_id')!r} is not that of {DECODER_FILE} ({named})"
         )
     return manifest
 
