@@ -123,8 +123,9 @@ from runtime.captioner import Captioner
 from runtime.cider import CiderD
 from runtime.decoder import ArrayStep
 from runtime.files import atomic_write, replace_folder
+from runtime.gpu import torch_step
 from runtime.vocab import Vocab, tokenize
-from runtime.weights import MANIFEST_FILE, WeightsError, verify, write_manifest
+from runtime.weights import MANIFEST_FILE, WeightsError, write_manifest
 
 CHECKPOINT = "checkpoint.pt"
 MIN_FREE_BYTES = 200 * 2**20
@@ -275,7 +276,10 @@ def validate(decoder: Decoder, vocab: Vocab, table: FeatureTable, items: list[Im
     rows = table.rows()
     items = [item for item in items if item.image_path in rows]
     features = table.features[[rows[i.image_path] for i in items]].numpy()
-    captions = caption_items(ArrayStep(decoder.frozen()), vocab, features, decoding)  # fp32, in numpy
+    # fp32 on the decoder's device: numpy's loop on a CPU, torch's on a GPU (as the service searches there)
+    device = next(decoder.parameters()).device.type
+    search = torch_step(decoder.frozen(), device, "fp32") if device == "cuda" else ArrayStep(decoder.frozen())
+    captions = caption_items(search, vocab, features, decoding)
     predictions = {str(item.image_path): caption for item, caption in zip(items, captions)}
     references = {str(item.image_path): list(item.captions) for item in items}
     return score_captions(predictions, references, meteor=False)
@@ -509,9 +513,8 @@ def finish(args: argparse.Namespace, dataset, device: torch.device, seconds: flo
     """Export the best weights' CNN (model.export), score them as the service runs them on every
     split but train with every metric, record it in their manifest, copy them to --export."""
     best = args.out / "best"
-    export(best)
+    full = export(best)  # the manifest, now listing the export
     captioner = Captioner.load(best, device.type)
-    full = verify(best)
     for split in ("val", "test"):
         items = dataset.split(split)
         if not items:
