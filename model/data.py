@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,3 +326,12 @@ def _karpathy_image(image, where: str) -> tuple[str, str, str, tuple[str, ...]]:
     sentences = _field(image, "sentences", list, where)
     texts = tuple(_caption_field(s, "raw", f"{where} sentences[{k}]") for k, s in enumerate(sentences))
     return filepath, filename, split, texts
+
+
+def report_skipped(skipped: list, shown: int = 20) -> None:
+    """Name the images that could not be read (paths, or lines that say why), on stderr: a skipped
+    photo is never a silent drop."""
+    if skipped:
+        names = "".join(f"\n  {path}" for path in skipped[:shown])
+        more = f"\n  ... and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        print(f"skipped {len(skipped)} unreadable images:{names}{more}", file=sys.stderr)

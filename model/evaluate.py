@@ -66,8 +66,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from tqdm import tqdm
 
-from model.data import DatasetFormatError, ImageCaptions, load_dataset
-from model.features import report_skipped
+from model.data import DatasetFormatError, ImageCaptions, load_dataset, report_skipped
 from runtime.beam import Search
 from runtime.captioner import Captioner, describe
 from runtime.images import ImageRejected, decode_image

@@ -13,7 +13,6 @@ is skipped with a warning naming it, and counted; it never stops the extraction.
 from __future__ import annotations
 
 import hashlib
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from model.data import report_skipped
 from model.encoder import Encoder
 from runtime.files import atomic_write
 from runtime.options import VIEWS
@@ -125,15 +125,6 @@ def extract_features(
 
 def _table(features: torch.Tensor, paths: list[Path], kept: torch.Tensor) -> FeatureTable:
     return FeatureTable(features, [p for p, k in zip(paths, kept) if k], [p for p, k in zip(paths, kept) if not k])
-
-
-def report_skipped(skipped: list, shown: int = 20) -> None:
-    """Name the images that could not be read (paths, or lines that say why), on stderr: a skipped
-    photo is never a silent drop."""
-    if skipped:
-        names = "".join(f"\n  {path}" for path in skipped[:shown])
-        more = f"\n  ... and {len(skipped) - shown} more" if len(skipped) > shown else ""
-        print(f"skipped {len(skipped)} unreadable images:{names}{more}", file=sys.stderr)
 
 
 def readable_features(encoder: Encoder, items: list, cache_dir: Path) -> tuple[list, torch.Tensor, int]:

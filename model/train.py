@@ -112,12 +112,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.data import DatasetFormatError, ImageCaptions, load_dataset, report_skipped
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import EncoderUnavailable, build_encoder
 from model.evaluate import caption_items, evaluate_split, score_captions, synthetic_scores
 from model.export import export
-from model.features import FeatureTable, extract_features, report_skipped
+from model.features import FeatureTable, extract_features
 from model.weights import load_weights, save_weights
 from runtime.captioner import Captioner
 from runtime.cider import CiderD

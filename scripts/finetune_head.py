@@ -25,10 +25,10 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from model.data import DatasetFormatError, load_dataset
+from model.data import DatasetFormatError, load_dataset, report_skipped
 from model.decoder import Decoder, DecoderConfig
 from model.encoder import build_encoder
-from model.features import FeatureTable, extract_features, report_skipped
+from model.features import FeatureTable, extract_features
 from model.train import caption_tensors, lr_lambda, train_step, validate
 from model.weights import load_weights
 from runtime.options import Decoding

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.data import DatasetFormatError, ImageCaptions, load_dataset
+from model.data import DatasetFormatError, ImageCaptions, load_dataset, report_skipped
 from model.encoder import build_encoder
-from model.features import extract_features, report_skipped
+from model.features import extract_features
 from model.synthetic import COLOURS, SHAPES, load_scenes
 from runtime.options import POOLINGS
 from runtime.vocab import tokenize
