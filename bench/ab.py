@@ -18,21 +18,18 @@ import statistics
 from pathlib import Path
 
 from app.local_server import running_server
-from bench.common import cpu_seconds, drive, parser, positive, print_table, serving_beam_size, test_photo, write_json
+from bench.common import parser, positive, print_table, serving_beam_size, test_photo, timed_load, write_json
 
 
 def time_checkout(checkout: Path, jpeg: bytes, args) -> dict:
     beam_size = serving_beam_size(checkout / "weights")
     with running_server(checkout=checkout) as server:
-        drive(server.url, jpeg, 1, args.warmup, beam_size)
-        one = drive(server.url, jpeg, 1, args.requests, beam_size)
-        drive(server.url, jpeg, args.clients, args.warmup, beam_size)
-        cpu_before = cpu_seconds(server)
-        many = drive(server.url, jpeg, args.clients, args.load_requests, beam_size)
-        cpu = cpu_seconds(server) - cpu_before
-    return {"p50_ms": one.percentiles_ms()["p50_ms"], "p90_ms": one.percentiles_ms()["p90_ms"],
-            "images_per_s": round(many.images_per_s, 2), "loaded_p50_ms": many.percentiles_ms()["p50_ms"],
-            "server_cpu_ms_per_request": round(1000 * cpu / args.load_requests, 1), "errors": one.errors + many.errors}
+        one = timed_load(server, jpeg, 1, args.warmup, args.requests, beam_size).load
+        many = timed_load(server, jpeg, args.clients, args.warmup, args.load_requests, beam_size)
+    alone = one.percentiles_ms()
+    return {"p50_ms": alone["p50_ms"], "p90_ms": alone["p90_ms"],
+            "images_per_s": round(many.load.images_per_s, 2), "loaded_p50_ms": many.load.percentiles_ms()["p50_ms"],
+            "server_cpu_ms_per_request": many.server_cpu_ms_per_request, "errors": one.errors + many.load.errors}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,22 @@ def drive(url: str, jpeg: bytes, clients: int, requests: int, beam_size: int = 3
 
     asyncio.run(main())
     return load
+
+
+@dataclass
+class Timed:
+    """A timed load on a server, and what the server itself counted meanwhile."""
+    load: Load
+    before: dict  # histogram_totals just before the timed requests
+    after: dict  # and just after
+    server_cpu_ms_per_request: float
+
+
+def timed_load(server: Server, jpeg: bytes, clients: int, warmup: int, requests: int, beam_size: int) -> Timed:
+    """`warmup` untimed requests, then `requests` timed ones (drive), with the server's histograms and
+    CPU time read on either side of them."""
+    drive(server.url, jpeg, clients, warmup, beam_size)
+    before, cpu_before = histogram_totals(server.url), cpu_seconds(server)
+    load = drive(server.url, jpeg, clients, requests, beam_size)
+    after, cpu_after = histogram_totals(server.url), cpu_seconds(server)
+    return Timed(load, before, after, round(1000 * (cpu_after - cpu_before) / requests, 1))

@@ -23,8 +23,8 @@ import sys
 from app.local_server import running_server
 from app.routes import caption_response
 from bench.common import (
-    MAX_PIXELS, cpu_seconds, drive, histogram_totals, in_process_captioner, mean_between, model_summary, parser,
-    percentiles_ms, positive, print_table, repeat_timed, server_settings, serving_beam_size, test_photo, write_json,
+    MAX_PIXELS, in_process_captioner, mean_between, model_summary, parser, percentiles_ms, positive, print_table,
+    repeat_timed, server_settings, serving_beam_size, test_photo, timed_load, write_json,
 )
 from runtime.images import decode_image
 
@@ -42,14 +42,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"server: {args.warmup} + {args.requests} requests, one at a time ...", flush=True)
     with running_server(weights_dir=args.weights.resolve()) as server:
-        drive(server.url, jpeg, clients=1, requests=args.warmup, beam_size=args.beam_size)
-        before, cpu_before = histogram_totals(server.url), cpu_seconds(server)
-        load = drive(server.url, jpeg, clients=1, requests=args.requests, beam_size=args.beam_size)
-        after, cpu_after = histogram_totals(server.url), cpu_seconds(server)
-    server_cpu_ms = round(1000 * (cpu_after - cpu_before) / args.requests, 1)
-    end_to_end = load.percentiles_ms()
+        timed = timed_load(server, jpeg, 1, args.warmup, args.requests, args.beam_size)
+    server_cpu_ms = timed.server_cpu_ms_per_request
+    end_to_end = timed.load.percentiles_ms()
     server_mean_ms = {
-        stage: round(1000 * mean_between(before, after, key), 2)
+        stage: round(1000 * mean_between(timed.before, timed.after, key), 2)
         for stage, key in [("request", f"captioner_request_seconds:{ROUTE}"), ("cnn", "captioner_stage_seconds:cnn"),
                            ("beam_search", "captioner_stage_seconds:beam_search")]
     }
@@ -101,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if server_mean_ms["cnn"] > 1.25 * stages["cnn"]["p50_ms"]:  # the stages ran slower in the server than here
         print(f"\nnote: the server's CNN averaged {server_mean_ms['cnn']} ms, {stages['cnn']['p50_ms']} ms here: "
               "the rest of p50 includes that difference")
-    if load.errors:
-        print(f"\n{load.errors} of {args.requests} requests failed")
+    if timed.load.errors:
+        print(f"\n{timed.load.errors} of {args.requests} requests failed")
     write_json(args.json, {
         "benchmark": "latency",
         "image": {"width": image.width, "height": image.height, "jpeg_bytes": len(jpeg)},
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_summary(args.weights),
         "requests": args.requests,
         "repeats": args.repeats,
-        "errors": load.errors,
+        "errors": timed.load.errors,
         "server_settings": server_settings(),
         "end_to_end": end_to_end,
         "server_mean_ms": server_mean_ms,

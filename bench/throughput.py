@@ -23,8 +23,8 @@ import sys
 from app.local_server import running_server
 from app.settings import Settings
 from bench.common import (
-    cpu_seconds, drive, histogram_totals, mean_between, model_summary, parser, positive, print_table, server_settings,
-    serving_beam_size, test_photo, write_json,
+    mean_between, model_summary, parser, positive, print_table, server_settings, serving_beam_size, test_photo,
+    timed_load, write_json,
 )
 from runtime.captioner import resolve_device
 
@@ -43,17 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     with running_server(weights_dir=args.weights.resolve()) as server:
         for clients in args.clients:
             print(f"{clients} clients: {args.warmup} + {args.requests} requests ...", flush=True)
-            drive(server.url, jpeg, clients, args.warmup, args.beam_size)
-            before, cpu_before = histogram_totals(server.url), cpu_seconds(server)
-            load = drive(server.url, jpeg, clients, args.requests, args.beam_size)
-            after, cpu_after = histogram_totals(server.url), cpu_seconds(server)
+            timed = timed_load(server, jpeg, clients, args.warmup, args.requests, args.beam_size)
             levels.append({
                 "clients": clients,
-                "images_per_s": round(load.images_per_s, 2),
-                **load.percentiles_ms(),
-                "mean_batch_size": round(mean_between(before, after, "captioner_batch_size"), 2),
-                "server_cpu_ms_per_request": round(1000 * (cpu_after - cpu_before) / args.requests, 1),
-                "errors": load.errors,
+                "images_per_s": round(timed.load.images_per_s, 2),
+                **timed.load.percentiles_ms(),
+                "mean_batch_size": round(mean_between(timed.before, timed.after, "captioner_batch_size"), 2),
+                "server_cpu_ms_per_request": timed.server_cpu_ms_per_request,
+                "errors": timed.load.errors,
             })
 
     print(f"naive: {args.naive_images} images in a loop ...", flush=True)
