@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     for variant, target in [("cpu", str(PROJECT)), *([("gpu", f"{PROJECT}[gpu]")] if args.gpu else [])]:
-        before = set(args.out.glob("*.whl"))
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(args.out), *pip_options, target],
                        check=True)
-        wheels = sorted(before | set(args.out.glob("*.whl"))) if variant == "gpu" else sorted(args.out.glob("*.whl"))
+        wheels = sorted(args.out.glob("*.whl"))  # the gpu pass adds its wheels to the cpu pass's
         lines = []
         for wheel in wheels:
             name, version = wheel.name.split("-")[:2]  # wheel names spell '-' inside a name as '_'
