@@ -33,8 +33,8 @@ def test_a_mistyped_flag_is_refused_before_torch_loads():
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"  # any readable data set would do; missing, the data comes second
 
 
-@pytest.mark.parametrize("command", [["scripts/examples.py"], ["scripts/compare_fit.py"], ["-m", "model.calibrate"],
-                                     ["-m", "model.fit_reranker"]])
+@pytest.mark.parametrize("command", [["scripts/examples.py"], ["scripts/compare_fit.py"], ["scripts/compare_tag_views.py"],
+                                     ["-m", "model.calibrate"], ["-m", "model.fit_reranker"]])
 @pytest.mark.parametrize("weights, data, message", [
     ("nowhere", None, "nowhere/manifest.json is missing"),
     ("weights", "no-such-folder", "no-such-folder: no such file or folder"),

@@ -152,6 +152,20 @@ def test_compare_fit_scores_squeeze_crop_and_pad(trained, photos):
     assert all(0 <= float(row[-1]) for row in rows)  # CIDEr
 
 
+def test_compare_tag_views_refits_the_scaling_and_scores_each_view(photos):
+    result = run("scripts/compare_tag_views.py", "--data", str(photos))  # the shipped weights: they have a tag map
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 2 unreadable images" in result.stderr  # the slice's truncated and missing training photos
+    views = re.findall(rf"tags from the (.+) view; Platt scaling refitted on {TRAIN} training photos: slope (\S+), intercept", result.stdout)
+    assert [view for view, _ in views] == ["decoder's (whole photo, squeezed)", "classifier's (centre 87.5%)"]
+    assert all(float(slope) > 0 for _, slope in views)  # more probable classes, more often said
+    assert len(re.findall(r"^  Flickr8k: CIDEr \d\.\d{4}", result.stdout, re.M)) == 2
+    examples = sorted(path.stem for path in (ROOT / "docs" / "examples").glob("*.jpg"))
+    listed = re.findall(r"^ +(\w+): .+: \w.+$", result.stdout, re.M)
+    assert listed == examples * 2  # each example photo with its tags and guided caption, per view
+    assert re.search(r"^cat: cat 0\.\d\d: .*\bcat\b", "\n".join(line.strip() for line in result.stdout.splitlines()), re.M)
+
+
 def test_probe_reads_caption_words_out_of_every_pooling(photos):
     result = run("scripts/probe_v.py", "--data", str(photos), "--cache-dir", str(photos.parent / "cache"))
     assert result.returncode == 0, result.stderr[-3000:]
