@@ -30,6 +30,10 @@ from runtime.cider import N, SIGMA, ngrams
 from runtime.vocab import tokenize
 
 RERANKER_FILE = "reranker.safetensors"
+# The read-out is stored in float16. numpy widens float16 one value at a time (about 4 ns each on the
+# EPYC, 0.25-0.5 ms for the rows one photo's candidates use); looked up by bit pattern in this table
+# the same values come 4-5 times faster.
+FLOAT16_TO_32 = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
 class ConsensusReranker:
@@ -70,13 +74,18 @@ class ConsensusReranker:
         for row, candidates in zip(inputs, captions):
             vectors = [self.vector(words) for words in candidates]
             needed = sorted({j for columns, _ in vectors for j in columns})
-            predicted = dict(zip(needed, (self.weight[needed].astype(np.float32) @ row).tolist()))  # only the columns the candidates use
+            predicted = dict(zip(needed, (self._rows(needed) @ row).tolist()))  # only the columns the candidates use
             scores.append([
                 sum(v * predicted[j] for j, v in zip(columns, values))
                 * math.exp(-((len(words) - self.mean_length) ** 2) / (2 * SIGMA**2))
                 for (columns, values), words in zip(vectors, candidates)
             ])
         return scores
+
+    def _rows(self, needed: list[int]) -> np.ndarray:
+        """The read-out's rows for these n-grams, in float32 [len(needed), D + 1]."""
+        rows = self.weight[needed]
+        return FLOAT16_TO_32[rows.view(np.uint16)] if rows.dtype == np.float16 else rows.astype(np.float32, copy=False)
 
     def rerank(self, features: np.ndarray, captions: list[list[tuple[str, float]]], weight: float) -> list[list[tuple[str, float]]]:
         """features [B, D]; captions: per image, (text, log p) candidates -> the same, best first by

@@ -72,6 +72,19 @@ def test_saved_and_loaded_it_chooses_the_same(reranker, tmp_path):
         assert after == pytest.approx(before, abs=1e-3)  # the read-out is kept in fp16
 
 
+def test_the_fp16_read_out_is_widened_to_the_same_numbers(reranker, tmp_path):
+    """Loaded, the read-out stays fp16 and is widened row by row through a table: the agreements
+    must be exactly those of the same read-out widened by numpy."""
+    save(reranker, tmp_path / "reranker.safetensors")
+    loaded = ConsensusReranker.load(tmp_path / "reranker.safetensors")
+    assert loaded.weight.dtype == np.float16
+    widened = ConsensusReranker(loaded.grams, np.asarray(loaded.idf), loaded.rare_idf, loaded.mean_length,
+                                loaded.feature_mean, loaded.feature_std, loaded.weight.astype(np.float32))
+    features = np.concatenate([kind_features(k, 3, seed=60 + k) for k in range(len(KINDS))])
+    candidates = [[tokenize(c) for c in captions] for captions in KINDS.values() for _ in range(3)]
+    assert loaded.agreement(features, candidates) == widened.agreement(features, candidates)
+
+
 def test_the_same_reranker_saves_to_the_same_bytes(reranker, tmp_path):
     """The manifest lists the file's sha256: fitting the same reranker again must not change it."""
     for n in range(5):
