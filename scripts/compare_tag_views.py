@@ -10,8 +10,9 @@ behind the tags was trained on another view, the centre 87.5% of a photo's short
 that view better. This script tags each photo from each view, refits the tags' Platt scaling for
 the view on the training photos (as model.calibrate does), and captions the validation photos
 guided by those tags, the caption itself always from the decoder's view. It prints, per view:
-CIDEr on both sets, the tags' precision and recall, the README's example photos' top tags, and
-what the view costs a photo when it is not the decoder's (a second CNN run and its preparation).
+CIDEr on both sets, the tags' precision and recall, the README's example photos' tags and guided
+captions, and what the view costs a photo when it is not the decoder's (a second CNN run and its
+preparation).
 """
 from __future__ import annotations
 
