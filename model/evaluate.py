@@ -58,8 +58,10 @@ if __name__ == "__main__":  # --help and mistyped flags answer now, not after se
 
 import json
 import shutil
+from collections.abc import Callable
 
 import numpy as np
+from PIL import Image
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
@@ -101,15 +103,17 @@ def caption_items(search: Search, vocab, features: np.ndarray, decoding: Decodin
     return captions
 
 
-def served_features(captioner: Captioner, items: list[ImageCaptions], batch_size: int = 32
-                    ) -> tuple[list[ImageCaptions], np.ndarray, int]:
+def served_features(captioner: Captioner, items: list[ImageCaptions], batch_size: int = 32,
+                    view: Callable[[Image.Image], Image.Image] | None = None) -> tuple[list[ImageCaptions], np.ndarray, int]:
     """The items whose photos could be read, in order, and their features [N, D] as the service
     computes them: each photo's bytes decoded as an upload is (runtime.images), prepared and run
-    through the exported CNN. Also how many were skipped (named on stderr)."""
+    through the exported CNN. Also how many were skipped (named on stderr). view: what of each
+    decoded photo the CNN sees (scripts/compare_tag_views.py), the whole photo unless given."""
     kept, features, batch, skipped = [], [], [], []
     for item in tqdm(items, desc="features (served CNN)", unit="photo", leave=False):
         try:
-            batch.append(captioner.preprocess(decode_image(item.image_path.read_bytes(), max_pixels=10**9)))
+            image = decode_image(item.image_path.read_bytes(), max_pixels=10**9)
+            batch.append(captioner.preprocess(view(image) if view else image))
             kept.append(item)
         except (ImageRejected, OSError) as error:
             skipped.append(f"{item.image_path}: {error}")

@@ -24,13 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from model.calibrate import fit_tags
-from model.data import DatasetFormatError, ImageCaptions, load_dataset, report_skipped
-from model.evaluate import score_captions, tag_scores
+from model.data import DatasetFormatError, load_dataset
+from model.evaluate import score_captions, served_features, tag_scores
 from runtime.captioner import Captioner
-from runtime.images import ImageRejected, decode_image
 from runtime.tags import TagCalibration
 from runtime.weights import WeightsError
 
@@ -47,31 +45,11 @@ def centre_crop(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+DECODER_VIEW = "decoder's (whole photo, squeezed)"
 VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "decoder's (whole photo, squeezed)": lambda image: image,
+    DECODER_VIEW: lambda image: image,
     "classifier's (centre 87.5%)": centre_crop,
 }
-
-
-def view_features(captioner: Captioner, images: list[Image.Image], view: Callable, batch_size: int = 32) -> np.ndarray:
-    """The served CNN's features [N, D] of each image's view."""
-    rows = [captioner.encode_pixels(np.stack([captioner.preprocess(view(image)) for image in images[start:start + batch_size]]))
-            for start in range(0, len(images), batch_size)]
-    return np.concatenate(rows)
-
-
-def read_photos(items: list[ImageCaptions], name: str) -> tuple[list[ImageCaptions], list[Image.Image]]:
-    """The items whose photos could be read, and those photos as an upload is read (runtime.images);
-    the others are named on stderr."""
-    kept, images, skipped = [], [], []
-    for item in tqdm(items, desc=f"reading {name}", unit="photo", leave=False):
-        try:
-            images.append(decode_image(item.image_path.read_bytes(), max_pixels=10**9).convert("RGB"))
-            kept.append(item)
-        except (ImageRejected, OSError) as error:
-            skipped.append(f"{item.image_path}: {error}")
-    report_skipped(skipped)
-    return kept, images
 
 
 def view_cost_ms(captioner: Captioner, image: Image.Image, view: Callable, repeats: int = 100) -> float:
@@ -79,7 +57,7 @@ def view_cost_ms(captioner: Captioner, image: Image.Image, view: Callable, repea
     times = []
     for _ in range(repeats + 10):
         start = time.perf_counter()
-        captioner.encode_pixels(captioner.preprocess(view(image))[None])
+        captioner.encode([view(image)])
         times.append(time.perf_counter() - start)
     return float(np.median(times[10:]) * 1e3)
 
@@ -102,33 +80,37 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if captioner.tagger is None:
         parser.error(f"{args.weights}: {captioner.no_tags_reason}")
+    for dataset in datasets:
+        if not dataset.split("val"):
+            parser.error(dataset.why_empty("val"))
     decoding = captioner.decoding
-    train, train_images = read_photos(datasets[0].split("train"), "training photos")
-    if not train:
-        parser.error(f"{args.data}: no readable training photos to fit the tags' scaling on")
-    scored = {dataset.name: read_photos(dataset.split("val"), dataset.name) for dataset in datasets}
-    served = {name: view_features(captioner, images, VIEWS["decoder's (whole photo, squeezed)"])
-              for name, (_, images) in scored.items()}
+    train = datasets[0].split("train")
+    # per view, per scored set: the photos that could be read and their features [N, D] from that view
+    scored = {view_name: {dataset.name: served_features(captioner, dataset.split("val"), view=view)[:2] for dataset in datasets}
+              for view_name, view in VIEWS.items()}
     examples = sorted(EXAMPLES.glob("*.jpg"))
     example_images = [Image.open(path).convert("RGB") for path in examples]
 
     print(f"{captioner.model_id}, guided by the first {decoding.forced_tags} tag(s) from {decoding.tag_threshold}; "
           "captions from the decoder's view\n")
     for view_name, view in VIEWS.items():
+        readable, train_features, _ = served_features(captioner, train, view=view)
+        if not readable:
+            parser.error(f"{args.data}: no readable training photos to fit the tags' scaling on")
         tagger = copy.copy(captioner.tagger)
-        fitted = fit_tags(captioner, (train, view_features(captioner, train_images, view)), {})["calibration"]
+        fitted = fit_tags(captioner, (readable, train_features), {})["calibration"]
         tagger.calibration = TagCalibration(**fitted)
-        print(f"tags from the {view_name} view; Platt scaling refitted on {len(train)} training photos: "
+        print(f"tags from the {view_name} view; Platt scaling refitted on {len(readable)} training photos: "
               f"slope {fitted['slope']}, intercept {fitted['intercept']}")
-        for name, (items, images) in scored.items():
-            tags = tagger.tags(view_features(captioner, images, view), decoding.tag_threshold)
-            captions = [best[0][0] for best in captioner.describe(served[name], decoding, tags=tags)]
+        for name, (items, features) in scored[view_name].items():
+            tags = tagger.tags(features, decoding.tag_threshold)
+            captions = [best[0][0] for best in captioner.describe(scored[DECODER_VIEW][name][1], decoding, tags=tags)]
             references = {str(i): list(item.captions) for i, item in enumerate(items)}
             scores = score_captions(dict(zip(references, captions)), references, meteor=False)
             scores |= tag_scores(tags, [item.captions for item in items], tagger.words)
             print(f"  {name}: CIDEr {scores['CIDEr']:.4f}, BLEU-4 {scores['BLEU-4']:.4f}; tags shown {scores['tags_shown']}, "
                   f"precision {share(scores['tag_precision'])}, recall {share(scores['tag_recall'])}")
-        example_tags = tagger.tags(view_features(captioner, example_images, view), SHOWN_FROM)
+        example_tags = tagger.tags(captioner.encode([view(image) for image in example_images]), SHOWN_FROM)
         forced = [[tag for tag in tags if tag.probability >= decoding.tag_threshold] for tags in example_tags]
         captions = captioner.describe(captioner.encode(example_images), decoding, tags=forced)
         for path, tags, best in zip(examples, example_tags, captions):
